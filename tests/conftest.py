@@ -1,0 +1,21 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("AUDIOADV_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real recordings folder (../shared/data); tests using it skip where it is absent."""
+    if not (SHARED / "fsdd").is_dir():
+        pytest.skip(f"real recordings not found at {SHARED} (only present in the project's workspace)")
+    return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
