@@ -27,6 +27,23 @@ def register_loader(name: str, needs_path: bool):
 register_loader("fsdd", True)(lambda path, split, **kw: load_fsdd(path, split, **kw))
 
 
+def _lazy(module: str, func: str):
+    """A loader that imports its module on first use (keeps `import audioadv.data` light)."""
+    def load(path, split, **kw):
+        import importlib
+        return getattr(importlib.import_module(f"{__name__}.{module}"), func)(path, split, **kw)
+    load.__name__ = func
+    return load
+
+
+register_loader("synth-commands", False)(_lazy("commands", "load_synth_commands"))
+register_loader("synth-phrases", False)(_lazy("phrases", "load_synth_phrases"))
+register_loader("speechcommands", True)(_lazy("speechcommands", "load_speechcommands"))
+register_loader("librispeech", True)(_lazy("librispeech", "load_librispeech"))
+register_loader("urbansound8k", True)(_lazy("urbansound", "load_urbansound8k"))
+register_loader("manifest", True)(_lazy("manifest", "load_manifest"))
+
+
 def loader_names() -> list[str]:
     return sorted(_LOADERS)
 
@@ -42,6 +59,10 @@ def parse_spec(spec: str) -> tuple[str, str | None, dict]:
     return name, (path or None), opts
 
 
+# Other names callers use for a split; loaders see the canonical one ("val").
+SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val"}
+
+
 def load_dataset(spec: str, split: str = "train", **kwargs) -> AudioDataset:
     """Load a dataset by spec (`synth-commands`, `fsdd:PATH`, `speechcommands:PATH`, ...)."""
     name, path, opts = parse_spec(spec)
@@ -52,8 +73,9 @@ def load_dataset(spec: str, split: str = "train", **kwargs) -> AudioDataset:
         raise ValueError(f"dataset {name!r} needs a folder: use '{name}:PATH'")
     if path and not Path(path).exists():
         raise FileNotFoundError(f"dataset {name!r}: folder not found: {path}")
+    split = SPLIT_ALIASES.get(split, split)
     return fn(path, split, **{**opts, **kwargs})
 
 
-__all__ = ["AudioDataset", "fix_length", "stack_clips", "load_clips", "load_fsdd", "load_dataset",
+__all__ = ["AudioDataset", "fix_length", "stack_clips", "load_clips", "load_fsdd", "load_dataset", "SPLIT_ALIASES",
            "register_loader", "loader_names", "parse_spec"]

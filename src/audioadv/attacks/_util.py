@@ -1,0 +1,61 @@
+"""Small helpers shared by the minimal-norm attacks (DDN, DeepFool, CW-l2) and universal perturbations.
+
+Inputs may be a (B, T) waveform tensor or a dict holding it under ``"audio"`` (audio-visual models);
+only the audio is perturbed. Waveforms live in [-1, 1].
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+LOW, HIGH = -1.0, 1.0
+
+
+def split_inputs(inputs) -> tuple[torch.Tensor, Callable[[torch.Tensor], object]]:
+    """Return the audio tensor and a function that rebuilds the model input around a new audio tensor."""
+    if isinstance(inputs, dict):
+        if "audio" not in inputs:
+            raise ValueError(f"dict inputs must hold the waveform under 'audio'; got keys {sorted(inputs)}")
+        rest = dict(inputs)
+        return inputs["audio"], lambda a: {**rest, "audio": a}
+    if not torch.is_tensor(inputs):
+        raise TypeError(f"inputs must be a tensor or a dict with 'audio', not {type(inputs).__name__}")
+    return inputs, lambda a: a
+
+
+def check_audio(audio: torch.Tensor, labels: torch.Tensor, name: str) -> None:
+    if audio.dim() != 2:
+        raise ValueError(f"{name}: waveforms must be (B, T), got shape {tuple(audio.shape)}")
+    if len(labels) != len(audio):
+        raise ValueError(f"{name}: {len(audio)} waveforms but {len(labels)} labels")
+    if audio.numel() and (audio.min() < LOW - 1e-6 or audio.max() > HIGH + 1e-6):
+        raise ValueError(f"{name}: waveforms must lie in [-1, 1] (got [{float(audio.min()):.3g}, {float(audio.max()):.3g}])")
+
+
+def bview(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """View a (B,) tensor so that it broadcasts against ``like`` (B, ...)."""
+    return t.view(-1, *([1] * (like.dim() - 1)))
+
+
+def other_max(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """max_{j != label} logits_j per example."""
+    masked = logits.clone()
+    masked.scatter_(1, labels.view(-1, 1), float("-inf"))
+    return masked.amax(dim=1)
+
+
+def hinge(logits: torch.Tensor, labels: torch.Tensor, *, targeted: bool, kappa: float) -> torch.Tensor:
+    """Carlini-Wagner / Abdoli et al. hinge on logits, one value per example.
+
+    targeted (labels = target t):  max(max_{j != t} f_j - f_t, -kappa)        (Abdoli et al. Eq. 10)
+    untargeted (labels = true y):  max(f_y - max_{j != y} f_j, -kappa)        (Abdoli et al. Eq. 11)
+    """
+    own = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+    other = other_max(logits, labels)
+    diff = other - own if targeted else own - other
+    return diff.clamp_min(-kappa)
+
+
+def is_adversarial(pred: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    return pred == labels if targeted else pred != labels

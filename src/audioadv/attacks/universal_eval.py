@@ -1,0 +1,149 @@
+"""Evaluating universal perturbations as Abdoli et al. report them (Sec. 4, Tables 1-5, Figs. 1-2).
+
+- :func:`evaluate`: success rate (Eq. 3), accuracy with and without v, mean SNR (Eq. 14) and mean
+  dB_x(v) (Eq. 15) over the perturbed inputs, using the actual perturbation clip(x + v) - x.
+- :func:`transfer_matrix`: v crafted on model i, success rate on model j (Table 4).
+- :func:`two_proportion_ztest`: Appendix C's test between two success rates, with p-values.
+- :func:`plot_curve`: fooling rate (and mean SNR) against the number of crafting points (Fig. 2) or
+  kappa (Fig. 1), written as PNG.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from ..signal import db_x as _db_x, snr as _snr
+from .universal import apply, as_tensors, predict
+
+
+def _finite_mean(t: torch.Tensor) -> float:
+    t = t[torch.isfinite(t)]
+    return float(t.mean()) if len(t) else float("nan")
+
+
+@torch.no_grad()
+def evaluate(model, v: torch.Tensor, data, *, targeted: int | None = None, batch_size: int = 100) -> dict:
+    """Metrics of a universal perturbation v (T,) on a dataset (AudioDataset, (waves, labels) or loader).
+
+    success_rate: untargeted, prediction on clip(x + v) differs from the prediction on x (Eq. 3);
+    targeted, prediction equals the target, over the points whose true label is not the target.
+    mean_snr (Eq. 14) and mean_db_x (Eq. 15) average the per-example values of the perturbed inputs
+    (examples with an infinite value, e.g. a zero perturbation, are left out of the mean and counted).
+    """
+    waves, labels = as_tensors(data)
+    v = torch.as_tensor(v, dtype=waves.dtype).flatten()
+    if v.shape[0] != waves.shape[1]:
+        raise ValueError(f"perturbation has {v.shape[0]} samples but the data has clips of {waves.shape[1]}")
+    clean = predict(model, waves, batch_size)
+    adv_in = apply(v, waves)
+    pert = predict(model, adv_in, batch_size)
+    delta = adv_in - waves
+    snr = _snr(waves, delta)
+    dbx = _db_x(waves, delta)
+    out = {"n": len(waves), "accuracy_clean": float((clean == labels).float().mean()),
+           "accuracy_perturbed": float((pert == labels).float().mean())}
+    if targeted is None:
+        succ = pert != clean
+        mask = torch.ones_like(succ)
+    else:
+        mask = labels != int(targeted)
+        succ = (pert == int(targeted)) & mask
+        out["target"] = int(targeted)
+    n_eval = int(mask.sum())
+    out.update({"n_eval": n_eval, "successes": int(succ.sum()),
+                "success_rate": float(succ.sum()) / max(n_eval, 1),
+                "mean_snr": _finite_mean(snr[mask]), "mean_db_x": _finite_mean(dbx[mask]),
+                "n_infinite_snr": int((~torch.isfinite(snr[mask])).sum()),
+                "v_linf": float(v.abs().max()), "v_l2": float(v.norm())})
+    return out
+
+
+def transfer_matrix(perturbations: dict, models: dict, data, *, targeted: int | None = None,
+                    batch_size: int = 100) -> dict:
+    """Table 4: {source: {model: success rate of v_source on model}}; ``data`` is one dataset or {model: dataset}."""
+    out = {}
+    for src, v in perturbations.items():
+        out[src] = {}
+        for name, model in models.items():
+            d = data[name] if isinstance(data, dict) else data
+            out[src][name] = evaluate(model, v, d, targeted=targeted, batch_size=batch_size)["success_rate"]
+    return out
+
+
+def format_matrix(matrix: dict, *, diagonal: str = "N/A") -> str:
+    """Markdown table of a transfer matrix (rows: crafted on, columns: evaluated on)."""
+    cols = list(next(iter(matrix.values())).keys()) if matrix else []
+    lines = ["| crafted on \\ evaluated on | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for src, row in matrix.items():
+        cells = [(diagonal if (c == src and diagonal) else f"{row[c]:.3f}") for c in cols]
+        lines.append(f"| {src} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _phi(z: float) -> float:
+    return 0.5 * math.erfc(-z / math.sqrt(2))
+
+
+def two_proportion_ztest(successes_a: int, n_a: int, successes_b: int, n_b: int | None = None) -> dict:
+    """Two-proportion z-test (Abdoli et al. Appendix C, after Walpole et al.).
+
+    Z = (p_a - p_b) / sqrt(p (1 - p) (1/n_a + 1/n_b)), p = (X_a + X_b) / (n_a + n_b); with
+    n_a = n_b = m this is the paper's Z = (p_l - p_h) / sqrt(2 p (1 - p) / m). Returns Z, the
+    one-sided p-value for H_a: p_a < p_b (reject H_0 when Z < -z_alpha) and the two-sided p-value.
+    """
+    n_b = n_a if n_b is None else n_b
+    if n_a <= 0 or n_b <= 0:
+        raise ValueError("two_proportion_ztest: sample sizes must be positive")
+    for s, n in ((successes_a, n_a), (successes_b, n_b)):
+        if not 0 <= s <= n:
+            raise ValueError(f"two_proportion_ztest: {s} successes out of {n} is impossible")
+    pa, pb = successes_a / n_a, successes_b / n_b
+    p = (successes_a + successes_b) / (n_a + n_b)
+    se = math.sqrt(p * (1 - p) * (1 / n_a + 1 / n_b))
+    if se == 0:
+        z = 0.0 if pa == pb else math.copysign(math.inf, pa - pb)
+    else:
+        z = (pa - pb) / se
+    return {"z": z, "p_a": pa, "p_b": pb, "p_value_less": _phi(z), "p_value_two_sided": 2 * _phi(-abs(z))}
+
+
+def plot_curve(rows: list[dict], x_key: str, path, *, title: str = "", xlabel: str | None = None,
+               series_key: str | None = None, logx: bool = False) -> Path:
+    """Fooling rate and mean SNR against ``x_key`` (e.g. "n_points" for Fig. 2, "kappa" for Fig. 1) as a PNG.
+
+    rows: dicts with x_key, "success_rate", "mean_snr" and optionally series_key (one line per value).
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("plot_curve: no results to plot")
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r.get(series_key) if series_key else "", []).append(r)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r[x_key])
+        xs = [r[x_key] for r in rs]
+        axes[0].plot(xs, [r["success_rate"] for r in rs], marker="o", label=str(name) or None)
+        axes[1].plot(xs, [r["mean_snr"] for r in rs], marker="o", label=str(name) or None)
+    for ax, lab in zip(axes, ("test success rate", "mean SNR (dB)")):
+        ax.set_xlabel(xlabel or x_key)
+        ax.set_ylabel(lab)
+        ax.grid(alpha=0.3)
+        if logx:
+            ax.set_xscale("log")
+    if series_key:
+        axes[0].legend(fontsize=8)
+    axes[0].set_ylim(0, 1.02)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
