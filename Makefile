@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch first, pinned: here it comes from the local CPU wheel; elsewhere pip fetches it.
 TORCH := torch==2.13.0
 
-.PHONY: demo test venv dev reproduce-uap reproduce-sparse reproduce-smoothing clean
+.PHONY: demo test venv dev reproduce-zoo reproduce-uap reproduce-sparse reproduce-smoothing clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,13 @@ $(VENV)/.core: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.core
+# resemblyzer ships the GE2E speaker-encoder weights (pretrained.pt) that audioadv.models.speaker
+# loads; its own audio code (librosa, webrtcvad) is not needed, hence --no-deps.
+$(VENV)/.speaker: $(VENV)/.core
+	$(BIN)/pip install -q --no-deps 'resemblyzer==0.1.4'
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.core $(VENV)/.speaker
 	$(BIN)/pip install -q -e '.[dev,asr]'
 	touch $@
 
@@ -28,6 +34,27 @@ demo: $(VENV)/.core
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q tests
+
+# MODE=quick (default, a few minutes on one core), session or full (the study's n0=500, n=10000).
+reproduce-smoothing: $(VENV)/.speaker
+	$(BIN)/python scripts/reproduce_smoothing.py --mode $(or $(MODE),quick)
+
+# Universal perturbations (Abdoli et al.) on the zoo under runs/zoo/ (trained by benchmarks/zoo_accuracy.py,
+# which skips models already trained). Report: results/uap.md; per-run JSONL results/uap_runs.jsonl (resumes).
+UAP_MODELS ?= logmel-cnn cnn1d-gamma spchcmd sincnet cnn1d-rand
+reproduce-uap: $(VENV)/.core
+	$(BIN)/python benchmarks/zoo_accuracy.py --data fsdd:../shared/data/fsdd --models $(UAP_MODELS) --quiet
+	$(BIN)/python benchmarks/zoo_accuracy.py --data synth-commands --models $(UAP_MODELS) --quiet
+	$(BIN)/python scripts/reproduce_uap.py --models $(shell echo $(UAP_MODELS) | tr ' ' ',') $(UAP_ARGS)
+
+# Model zoo quality bars (FSDD digits, synth-commands with unseen voices): trains each model once on
+# 1 CPU thread (checkpoints in runs/zoo/<data>-<model>/, reused by reproduce-uap), appends to
+# results/zoo.jsonl (reruns skip recorded runs) and writes results/zoo.md.
+ZOO_FSDD ?= logmel-cnn cnn1d-gamma sincnet cnn1d-rand sincnet-vgg envnet-v2 spchcmd
+ZOO_SYNTH ?= logmel-cnn cnn1d-gamma sincnet
+reproduce-zoo: $(VENV)/.core
+	$(BIN)/python benchmarks/zoo_accuracy.py --data fsdd:../shared/data/fsdd --models $(ZOO_FSDD) --quiet
+	$(BIN)/python benchmarks/zoo_accuracy.py --data synth-commands --models $(ZOO_SYNTH) --quiet
 
 clean:
 	rm -rf $(VENV) runs .cache

@@ -44,13 +44,15 @@ REPS = ("fbank", "spectrogram", "waveform")
 MODES = {
     #          test points per speaker, n0, n, batch, augmentation draws, PGD points/eps/steps/EOT samples
     "quick":   dict(per_speaker=1, n0=10, n=50, batch=64, aug_draws=1, attack_points=4, attack_steps=5, eot=4,
-                    predict_n=50, attack_eps=(0.5,), attack_configs=(("fbank", 0.10),)),
-    "session": dict(per_speaker=2, n0=20, n=200, batch=128, aug_draws=2, attack_points=10, attack_steps=10, eot=8,
-                    predict_n=100, attack_eps=(0.1, 0.5, 2.0),
-                    attack_configs=(("fbank", 0.10), ("spectrogram", 0.10), ("waveform", 0.01))),
+                    predict_n=50, attack_eps=(0.5,), attack_configs=(("spectrogram", 0.10),), heads=("clean",),
+                    logmel_epochs=0),
+    "session": dict(per_speaker=1, n0=20, n=200, batch=128, aug_draws=2, attack_points=10, attack_steps=10, eot=8,
+                    predict_n=100, attack_eps=(0.1, 0.5, 2.0), heads=("clean", "matched"), logmel_epochs=6,
+                    attack_configs=(("spectrogram", 0.10), ("spectrogram", 0.25), ("waveform", 0.01))),
     "full":    dict(per_speaker=0, n0=500, n=10000, batch=1000, aug_draws=4, attack_points=50, attack_steps=40, eot=32,
-                    predict_n=1000, attack_eps=(0.1, 0.5, 2.0),
-                    attack_configs=(("fbank", 0.10), ("fbank", 0.25), ("spectrogram", 0.10), ("waveform", 0.01))),
+                    predict_n=1000, attack_eps=(0.1, 0.5, 2.0), heads=("clean", "matched"), logmel_epochs=20,
+                    attack_configs=(("spectrogram", 0.10), ("spectrogram", 0.25), ("waveform", 0.01),
+                                    ("fbank", 0.50))),
 }
 
 
@@ -116,6 +118,70 @@ def pick(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
     return torch.cat(idx)
 
 
+def train_logmel(xtr, ytr, xte, yte, classes, epochs: int, out: Path, seed: int) -> dict:
+    """The zoo's logmel-cnn trained from scratch on the segments, without and with Gaussian
+    augmentation at each representation and sigma (audioadv.train.fit's noise_sigma / noise_at);
+    natural (clean test) accuracy and accuracy under the training noise."""
+    from audioadv import models
+    from audioadv.data import AudioDataset
+    from audioadv.train import TrainConfig, evaluate, fit, split_validation
+
+    train = AudioDataset(xtr, ytr, classes, 16000, name="librispeech-10spk-segments-train")
+    test = AudioDataset(xte, yte, classes, 16000, name="librispeech-10spk-segments-test")
+    tr, val = split_validation(train, 0.1, seed)
+    res = {"epochs": epochs}
+    for at, sigma in [("none", 0.0)] + [(a, s) for a in REPS for s in SIGMAS]:
+        key = "no_augmentation" if sigma == 0 else f"{at}@{sigma:g}"
+        folder = out / "models" / f"logmel-cnn-{key.replace('@', '-')}"
+        torch.manual_seed(seed)
+        model = models.create("logmel-cnn", num_classes=len(classes), input_length=SEGMENT)
+        cfg = TrainConfig(epochs=epochs, seed=seed, noise_sigma=sigma, noise_at=at if sigma else "waveform")
+        t0 = time.time()
+        fit(model, tr, val, cfg, out_dir=folder, progress=False, log=lambda *_: None)
+        row = {"clean_test": evaluate(model, test)["accuracy"], "seconds": round(time.time() - t0, 1)}
+        if sigma:
+            g = torch.Generator().manual_seed(10_000 + seed)
+            front, back = model.split(at)
+            with torch.no_grad():
+                z = front(xte)
+                row["noisy_test"] = accuracy(back(z + sigma * torch.randn(z.shape, generator=g)), yte)
+        res[key] = row
+        print(f"  logmel-cnn {key}: {row}", flush=True)
+    stats_model = models.create("logmel-cnn", num_classes=len(classes), input_length=SEGMENT).eval()
+    res["stats"] = representation_stats(stats_model, xtr)
+    return res
+
+
+def fsdd_speakers(spec: str, epochs: int, out: Path, seed: int, sigma: float = 0.1) -> int:
+    """logmel-cnn on FSDD's 6-speaker task (takes 0-4 test), without and with augmentation."""
+    from audioadv import models
+    from audioadv.train import TrainConfig, evaluate, fit, split_validation
+
+    train = load_dataset(spec, "train", input_length=16000)
+    test = load_dataset(spec, "test", input_length=16000)
+    tr, val = split_validation(train, 0.1, seed)
+    res = {"data": spec, "epochs": epochs, "sigma": sigma, "train": len(tr), "test": len(test)}
+    for at, sg in [("waveform", 0.0)] + [(a, sigma) for a in REPS]:
+        key = "no_augmentation" if sg == 0 else f"{at}@{sg:g}"
+        torch.manual_seed(seed)
+        model = models.create("logmel-cnn", num_classes=train.num_classes, input_length=16000)
+        t0 = time.time()
+        fit(model, tr, val, TrainConfig(epochs=epochs, seed=seed, noise_sigma=sg, noise_at=at),
+            out_dir=out / "models" / f"fsdd-speaker-logmel-cnn-{key.replace('@', '-')}", progress=False,
+            log=lambda *_: None)
+        row = {"clean_test": evaluate(model, test)["accuracy"], "seconds": round(time.time() - t0, 1)}
+        if sg:
+            front, back = model.split(at)
+            g = torch.Generator().manual_seed(10_000 + seed)
+            with torch.no_grad():
+                z = front(test.waves)
+                row["noisy_test"] = accuracy(back(z + sg * torch.randn(z.shape, generator=g)), test.labels)
+        res[key] = row
+        print(f"  fsdd speakers, logmel-cnn {key}: {row}", flush=True)
+    (out / "fsdd_speakers.json").write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -131,11 +197,17 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-attack", action="store_true")
+    ap.add_argument("--fsdd", metavar="SPEC", nargs="?", const=f"fsdd:{ROOT.parent / 'shared' / 'data' / 'fsdd'}?label=speaker",
+                    help="instead of the LibriSpeech study: train logmel-cnn on FSDD's 6 speakers without and with "
+                         "noise augmentation (sigma 0.1 at each representation) and report natural accuracy")
+    ap.add_argument("--fsdd-epochs", type=int, default=3)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = MODES[args.mode]
     out = Path(args.out) / args.mode
     out.mkdir(parents=True, exist_ok=True)
+    if args.fsdd:
+        return fsdd_speakers(args.fsdd, args.fsdd_epochs, out, args.seed)
     t_start = time.time()
     results: dict = {"mode": args.mode, "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
                      "alpha": 0.001, "segment_samples": SEGMENT}
@@ -162,6 +234,7 @@ def main(argv=None) -> int:
     save_checkpoint(model, out / "models" / "resemblyzer-speaker", {"classes": classes, "data": args.data,
                                                                     "segment_samples": SEGMENT})
     results["natural"] = {"no_augmentation": clean_acc, "augmented": {}, "noisy_test_of_clean_model": {}}
+    heads = {"clean": {}, "matched": {}}
     print(f"resemblyzer-speaker natural accuracy (clean head): {clean_acc:.3f}", flush=True)
     for at in REPS:
         for sigma in SIGMAS:
@@ -171,6 +244,8 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 aug_clean = accuracy(model.head(ete), yte)
                 aug_noisy = accuracy(model.head(embed(model, xte, at, sigma, seed=10_000 + args.seed)), yte)
+                heads["matched"][key] = {k: v.clone() for k, v in model.head.state_dict().items()}
+                heads["clean"][key] = clean_head
                 model.head.load_state_dict(clean_head)
                 base_noisy = accuracy(model.head(embed(model, xte, at, sigma, seed=10_000 + args.seed)), yte)
             results["natural"]["augmented"][key] = {"clean_test": aug_clean, "noisy_test": aug_noisy}
@@ -179,26 +254,30 @@ def main(argv=None) -> int:
                   f"(clean head on noisy test {base_noisy:.3f})", flush=True)
     model.head.load_state_dict(clean_head)
 
-    # --- certification of the clean-head model (the study certified its unaugmented model) ---------
+    # --- certification: the unaugmented head (as the study) and the head trained at the same noise --
     pts = pick(yte, cfg["per_speaker"], args.seed)
     results["certify"] = {"points": len(pts), "n0": cfg["n0"], "n": cfg["n"], "tables": {}, "seconds": {}}
-    cert_dir = out / "certify" / "resemblyzer-speaker"
-    for at in REPS:
-        table = {}
-        for sigma in SIGMAS:
-            t0 = time.time()
-            rows = certify_dataset(Smooth(model, len(classes), sigma, at=at), xte[pts], yte[pts],
-                                   cert_dir / results_name(at, sigma, cfg["n"]), n0=cfg["n0"], n=cfg["n"],
-                                   alpha=0.001, batch_size=cfg["batch"], seed=args.seed,
-                                   items=[{"path": test_paths[i]} for i in pts.tolist()])
-            s = summarize(rows, (0.0,) + TABLE_RADII)
-            table[f"{sigma:g}"] = s
-            results["certify"]["seconds"][f"{at}@{sigma:g}"] = round(sum(r["time_s"] for r in rows), 2)
-            print(f"  certify {at} sigma={sigma:g}: " + " ".join(f"{v:.2f}" for v in s["certified_accuracy"].values())
-                  + f" [{time.time() - t0:.0f} s]", flush=True)
-        results["certify"]["tables"][at] = table
+    for variant in cfg["heads"]:
+        for at in REPS:
+            table = {}
+            for sigma in SIGMAS:
+                key = f"{at}@{sigma:g}"
+                model.head.load_state_dict(heads[variant][key])
+                t0 = time.time()
+                rows = certify_dataset(Smooth(model, len(classes), sigma, at=at), xte[pts], yte[pts],
+                                       out / "certify" / f"resemblyzer-{variant}-head" / results_name(at, sigma, cfg["n"]),
+                                       n0=cfg["n0"], n=cfg["n"], alpha=0.001, batch_size=cfg["batch"], seed=args.seed,
+                                       items=[{"path": test_paths[i]} for i in pts.tolist()])
+                s_ = summarize(rows, (0.0,) + TABLE_RADII)
+                table[f"{sigma:g}"] = s_
+                results["certify"]["seconds"][f"{variant}:{key}"] = round(sum(r["time_s"] for r in rows), 2)
+                print(f"  certify {variant} head, {key}: "
+                      + " ".join(f"{v:.2f}" for v in s_["certified_accuracy"].values())
+                      + f" [{time.time() - t0:.0f} s]", flush=True)
+            results["certify"]["tables"][f"{variant}:{at}"] = table
+    model.head.load_state_dict(clean_head)
     total_cert = sum(results["certify"]["seconds"].values())
-    samples = len(pts) * (cfg["n0"] + cfg["n"]) * len(REPS) * len(SIGMAS)
+    samples = len(pts) * (cfg["n0"] + cfg["n"]) * len(REPS) * len(SIGMAS) * len(cfg["heads"])
     results["certify"]["noisy_passes_per_s"] = samples / max(total_cert, 1e-9)
 
     # --- empirical robustness: PGD-l2 at the waveform, base vs smoothed (EOT) --------------------
@@ -216,7 +295,10 @@ def main(argv=None) -> int:
             att[f"base@eps{eps:g}"] = {"eps": eps, "clean_correct": int(base_ok.sum()), "success": int(fooled.sum()),
                                       "points": len(apts)}
             print(f"  PGD-l2 eps={eps:g} vs base: {int(fooled.sum())}/{int(base_ok.sum())} fooled", flush=True)
+        variant = cfg["heads"][-1]
+        results["attack_head"] = variant
         for at, sigma in cfg["attack_configs"]:
+            model.head.load_state_dict(heads[variant][f"{at}@{sigma:g}"])
             smooth = Smooth(model, len(classes), sigma, at=at)
             clean_pred = [smooth.predict(x, cfg["predict_n"], 0.001, cfg["batch"], seed=args.seed) for x in xa]
             surrogate = NoisySoftmax(smooth, samples=cfg["eot"], seed=args.seed)
@@ -230,7 +312,11 @@ def main(argv=None) -> int:
                                                      "success": wrong, "abstain": abstain, "points": len(apts)}
                 print(f"  PGD-l2+EOT eps={eps:g} vs smoothed {at} sigma={sigma:g}: {wrong}/{sum(ok)} fooled, "
                       f"{abstain} abstain", flush=True)
+        model.head.load_state_dict(clean_head)
         results["attack"] = att
+
+    if cfg["logmel_epochs"]:
+        results["logmel"] = train_logmel(xtr, ytr, xte, yte, classes, cfg["logmel_epochs"], out, args.seed)
 
     results["seconds"] = round(time.time() - t_start, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -260,19 +346,36 @@ def report(res: dict) -> str:
               "third figure: the unaugmented head on the same noisy test.", "",
               md_table(["noise at"] + [f"sigma = {s:g}" for s in SIGMAS], rows), ""]
     mr = {s: max_radius(s, st["n"], res["alpha"]) for s in SIGMAS}
-    for at in REPS:
-        tab = res["certify"]["tables"][at]
-        parts += [f"## Certified accuracy, noise at the {at}", "",
-                  md_table(["sigma (max radius)"] + [f"r = {r:g}" for r in TABLE_RADII],
-                           [[f"{s:g} ({mr[s]:.3f})"] + [tab[f"{s:g}"]["certified_accuracy"][str(r)] for r in TABLE_RADII]
-                            for s in SIGMAS]), ""]
+    titles = {"clean": "unaugmented head (as the study)", "matched": "head trained with the same noise (Cohen et al.)"}
+    for variant in st["heads"]:
+        for at in REPS:
+            tab = res["certify"]["tables"][f"{variant}:{at}"]
+            parts += [f"## Certified accuracy, noise at the {at}, {titles[variant]}", "",
+                      md_table(["sigma (max radius)"] + [f"r = {r:g}" for r in TABLE_RADII],
+                               [[f"{s:g} ({mr[s]:.3f})"] + [tab[f"{s:g}"]["certified_accuracy"][str(r)]
+                                                            for r in TABLE_RADII] for s in SIGMAS]), ""]
     parts += [f"Certification throughput: {res['certify']['noisy_passes_per_s']:.0f} noisy forward passes/s "
               f"(single thread)."]
     if "attack" in res:
         parts += ["", "## Empirical robustness: PGD-l2 at the waveform (EOT against the smoothed classifier)", "",
                   md_table(["target", "l2 eps", "clean correct", "fooled", "abstained"],
                            [[k.split("@eps")[0], v["eps"], v["clean_correct"], v["success"], v.get("abstain", "-")]
-                            for k, v in res["attack"].items()])]
+                            for k, v in res["attack"].items()]),
+                  "", f"Smoothed classifiers use the {res.get('attack_head', 'clean')} head; success counts only "
+                  "points the (smoothed) model classified correctly before the attack; PGD steps "
+                  f"{st['attack_steps']}, EOT samples {st['eot']}, PREDICT with n = {st['predict_n']}."]
+    if "logmel" in res:
+        lm = res["logmel"]
+        parts += ["", f"## logmel-cnn trained from scratch on the segments ({lm['epochs']} epochs)", "",
+                  f"No augmentation: clean test accuracy {lm['no_augmentation']['clean_test']:.3f}", "",
+                  "With augmentation (clean test / test under the training noise):", "",
+                  md_table(["noise at"] + [f"sigma = {s:g}" for s in SIGMAS],
+                           [[at] + [f"{lm[f'{at}@{s:g}']['clean_test']:.2f} / {lm[f'{at}@{s:g}']['noisy_test']:.2f}"
+                                    for s in SIGMAS] for at in REPS]), "",
+                  "logmel-cnn representation statistics (its fbank is the log mel energies before normalisation):", "",
+                  md_table(["representation", "dim", "range", "1-99th pctl. range", "mean", "sd"],
+                           [[k, int(v["dim"]), f"{v['min']:.4g}, {v['max']:.4g}", f"{v['p1']:.4g}, {v['p99']:.4g}",
+                             f"{v['mean']:.4g}", f"{v['sd']:.4g}"] for k, v in lm["stats"].items()])]
     return "\n".join(parts) + "\n"
 
 

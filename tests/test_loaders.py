@@ -29,6 +29,21 @@ def test_all_loaders_registered():
         load_dataset("speechcommands", "train")
 
 
+# --- Free Spoken Digit Dataset ---------------------------------------------------------------
+
+def test_fsdd_tiny_folder(tmp_path):
+    for d in range(10):
+        for spk in ("jackson", "theo"):
+            for take in (0, 1, 5, 6, 7):
+                tone(tmp_path / "recordings" / f"{d}_{spk}_{take}.wav", 200 + 30 * d, seconds=0.3, sr=8000)
+    (tmp_path / "recordings" / "README.txt").write_text("not audio, ignored")
+    train, test = load_dataset(f"fsdd:{tmp_path}", "train"), load_dataset(f"fsdd:{tmp_path}", "test")
+    assert (len(train), len(test)) == (60, 40) and {it["take"] for it in test.items} == {0, 1}
+    assert train.waves.shape == (60, 16000) and torch.bincount(train.labels).tolist() == [6] * 10
+    spk = load_dataset(f"fsdd:{tmp_path}?label=speaker", "test")
+    assert spk.classes == ["jackson", "theo"]
+
+
 # --- Google Speech Commands ---------------------------------------------------------------
 
 @pytest.fixture

@@ -206,3 +206,32 @@ def test_max_radius_table_cli(capsys):
     lines = [line for line in out.splitlines() if line.startswith("| 0.50")]
     assert lines and "WRONG" in lines[0]
     assert "| 0.25 " in out and "WRONG" not in [line for line in out.splitlines() if line.startswith("| 0.25")][0]
+
+
+def test_certify_cli_writes_jsonl_and_resumes(tmp_path, capsys):
+    """`audioadv certify CKPT --data manifest:...` on a checkpoint and clips written here."""
+    import soundfile as sf
+    from audioadv import models
+    from audioadv.cli import main
+
+    rows = ["path,label,split"]
+    for i in range(4):
+        tone = 0.1 * np.sin(2 * np.pi * (200 + 300 * (i % 2)) * np.arange(4000) / 16000)
+        sf.write(tmp_path / f"c{i}.wav", tone.astype(np.float32), 16000)
+        rows.append(f"c{i}.wav,{'ab'[i % 2]},test")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    torch.manual_seed(0)
+    model = models.create("logmel-cnn", num_classes=2, input_length=4000).eval()
+    models.save_checkpoint(model, tmp_path / "ck", {"classes": ["a", "b"]})
+    argv = ["certify", str(tmp_path / "ck"), "--data", f"manifest:{tmp_path / 'm.csv'}", "--at", "fbank",
+            "--sigma", "0.5", "--n0", "4", "--n", "16", "--batch-size", "8", "--max-examples", "3",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    result = tmp_path / "out" / "certify-fbank-sigma0.5-n16.jsonl"
+    lines = result.read_text().splitlines()
+    assert len(lines) == 3 and {json.loads(x)["index"] for x in lines} == {0, 1, 2}
+    assert (tmp_path / "out" / "certify-fbank-sigma0.5-n16.summary.json").exists()
+    assert main(argv) == 0                                   # resumes: nothing new to do
+    assert result.read_text().splitlines() == lines
+    assert main(["certify", "--data", "x"]) == 2              # missing CKPT: one clear error line
+    assert "needs CKPT" in capsys.readouterr().err

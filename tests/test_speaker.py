@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from audioadv.models.speaker import ResemblyzerSpeaker, VolumeNorm, partial_slices, resemblyzer_weights_path
+from audioadv.models.speaker import (ResemblyzerSpeaker, VolumeNorm, fit_head, partial_slices,
+                                    resemblyzer_weights_path)
 
 REF = Path(__file__).parent / "data" / "resemblyzer_reference.json"
 
@@ -123,13 +124,9 @@ def test_head_learns_and_checkpoint_roundtrip(model, tmp_path):
     waves, labels = torch.tensor(np.array(waves), dtype=torch.float32), torch.tensor(labels)
     with torch.no_grad():
         emb = model.embed(waves)
-    head = model.head
-    torch.nn.init.zeros_(head.weight), torch.nn.init.zeros_(head.bias)
-    opt = torch.optim.Adam(head.parameters(), lr=0.1)
-    for _ in range(100):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(head(emb), labels).backward()
-        opt.step()
+    before = model.encoder.linear.weight.clone()
+    assert fit_head(model, emb, labels, steps=100, lr=0.1) == 1.0
+    assert torch.equal(model.encoder.linear.weight, before)      # only the head is trained
     with torch.no_grad():
         assert (model(waves).argmax(1) == labels).float().mean() == 1.0
     save_checkpoint(model, tmp_path / "ck", {"classes": ["low", "mid", "high"]})
@@ -137,3 +134,10 @@ def test_head_learns_and_checkpoint_roundtrip(model, tmp_path):
     assert cfg["hparams"]["pretrained"] is False
     with torch.no_grad():
         assert torch.allclose(again(waves), model(waves), atol=1e-5)
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        resemblyzer_weights_path(tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="16000 Hz"):
+        ResemblyzerSpeaker(2, 8000, sample_rate=8000, pretrained=False)

@@ -29,7 +29,9 @@ def test_voices_and_variants_listed_from_data_folder():
     voices, var = synth.english_voices(), synth.variants()
     assert "en-us" in voices and "en-gb-x-rp" in voices
     assert {"m1", "m3", "f1", "f5", "croak", "whisper"} <= set(var)
-    assert not set(var) & synth.NOVELTY_VARIANTS
+    assert not set(var) & synth.NOVELTY_VARIANTS and "Alicia" not in var and "RicishayMax" not in var
+    broad = synth.variants("broad")
+    assert set(var) < set(broad) < set(synth.variants("all")) and "Alicia" in broad and "Demonic" not in broad
     assert len(synth.voice_pool()) == len(voices) * len(var)
 
 
@@ -140,7 +142,7 @@ def test_synth_commands_splits_disjoint_cached_and_deterministic(cache, monkeypa
     it = train.items[0]
     assert it["phonemes"] and all(0 <= s < e <= 1.0 for _, s, e in it["phonemes"])
 
-    folders = list((cache / "synth-commands").iterdir())
+    folders = [p for p in (cache / "synth-commands").iterdir() if p.is_dir()]  # no .partial left behind
     assert len(folders) == 1 and json.loads((folders[0] / "meta.json").read_text())["params"]["per_word"] == 4
 
     def boom(*a, **k):
@@ -156,7 +158,7 @@ def test_synth_commands_regenerated_is_identical(cache, tmp_path, monkeypatch):
     a = load_dataset("synth-commands?per_word=3&noise=1&reverb=1", "test")
     monkeypatch.setenv("AUDIOADV_CACHE", str(tmp_path))
     b = load_dataset("synth-commands?per_word=3&noise=1&reverb=1", "test")
-    assert torch.equal(a.waves, b.waves)
+    assert len(a) == 10 and torch.equal(a.waves, b.waves)
     assert all(it["snr_db"] is not None and it["rt60"] is not None for it in a.items)
 
 
@@ -185,3 +187,61 @@ def test_text_source_hook(cache):
     assert d.classes == ["answer"] and {it["text"] for it in d.items} <= {"yes please", "no thanks"}
     with pytest.raises(ValueError, match="unknown text source"):
         load_dataset("synth-phrases?n=6&source=nope", "train")
+
+
+def test_cli_say_writes_a_wav(tmp_path, capsys):
+    from audioadv.cli import main
+    from audioadv.io import load
+
+    out = tmp_path / "go.wav"
+    assert main(["say", "go left", "--variant", "f3", "--out", str(out)]) == 0
+    wav = load(out)
+    assert 0.2 < wav.shape[0] / 16000 < 2.0 and wav.abs().max() > 0.05
+    assert "go@" in capsys.readouterr().out
+
+
+def test_interrupted_generation_resumes_to_the_same_data(tmp_path, monkeypatch):
+    from audioadv.data import synth_sets
+
+    spec = "synth-commands?per_word=3&words=yes,no,up,down,left"  # 15 utterances
+    monkeypatch.setenv("AUDIOADV_CACHE", str(tmp_path / "a"))
+    monkeypatch.setattr("audioadv.data.cache.CHUNK", 4)
+    real, calls = synth_sets.synthesize_params, {"n": 0, "fail_at": 11}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise RuntimeError("interrupted")
+        return real(*a, **k)
+
+    monkeypatch.setattr("audioadv.data.synth_sets.synthesize_params", flaky)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        load_dataset(spec, "all")
+    (partial,) = (tmp_path / "a" / "synth-commands").glob("*.partial")
+    assert len(list(partial.glob("chunk-*.npz"))) == 2  # 8 utterances checkpointed
+    calls.update(n=0, fail_at=-1)
+    resumed = load_dataset(spec, "all")
+    assert calls["n"] == 15 - 8 and not partial.exists()
+    monkeypatch.setenv("AUDIOADV_CACHE", str(tmp_path / "b"))
+    fresh = load_dataset(spec, "all")
+    assert calls["n"] == 7 + 15
+    assert torch.equal(resumed.waves, fresh.waves) and resumed.items == fresh.items
+
+
+def test_worker_restarts_after_dying():
+    a = synth.synthesize("up", "en-us", "m4")
+    eng = synth.engine()
+    eng.proc.kill()
+    eng.proc.wait()
+    assert torch.equal(synth.synthesize("up", "en-us", "m4").wav, a.wav)
+
+
+def test_parallel_generation_gives_the_same_data(tmp_path, monkeypatch):
+    spec = "synth-phrases?n=8&noise=0.5&reverb=0.5"
+    out = {}
+    for workers in ("1", "2"):
+        monkeypatch.setenv("AUDIOADV_CACHE", str(tmp_path / workers))
+        monkeypatch.setenv("AUDIOADV_SYNTH_WORKERS", workers)
+        out[workers] = load_dataset(spec, "all")
+    assert len(out["1"]) == 8
+    assert torch.equal(out["1"].waves, out["2"].waves) and out["1"].items == out["2"].items

@@ -6,3 +6,11 @@ dict holding it under "audio".
 from .pgd import fgsm, pgd, pgd_l2, pgd_linf
 
 __all__ = ["fgsm", "pgd", "pgd_linf", "pgd_l2"]
+
+# Minimal-norm attacks and universal perturbations (Abdoli et al.).
+from .cw import cw_l2  # noqa: E402
+from .ddn import ddn  # noqa: E402
+from .deepfool import deepfool  # noqa: E402
+from . import universal  # noqa: E402
+
+__all__ += ["ddn", "deepfool", "cw_l2", "universal"]

@@ -88,7 +88,7 @@ def fgsm(model, inputs, labels, *, targeted: bool = False, eps: float | torch.Te
 
 def pgd(model, inputs, labels, *, targeted: bool = False, eps: float | torch.Tensor = 0.002, norm="linf",
         steps: int = 40, alpha: float | torch.Tensor | None = None, random_start: bool = True,
-        restarts: int = 1, loss: str = "ce", seed: int | None = 0, early_stop: bool = False):
+        restarts: int = 1, loss: str = "ce", seed: int | None = 0, early_stop: bool = False, project=None):
     """Projected gradient descent (Madry et al. 2018, Eq. 2) in an l_inf or l_2 ball of radius eps.
 
     alpha: step size, default 2.5 * eps / steps (Madry et al.). random_start: start uniformly in
@@ -96,7 +96,9 @@ def pgd(model, inputs, labels, *, targeted: bool = False, eps: float | torch.Ten
     keeps the first run that fools the model (else the last run). loss: "ce" (cross-entropy) or
     "margin" (logit difference, Carlini & Wagner). seed: random start generator seed.
     early_stop: stop an example as soon as it is adversarial (smaller perturbations, fewer
-    queries) instead of running all steps. Returns the adversarial inputs (same type as inputs).
+    queries) instead of running all steps. project: optional hook `project(delta, step=, total=,
+    lengths=None) -> delta` applied after every step (e.g. the l0 step of `attacks.sparse`).
+    Returns the adversarial inputs (same type as inputs).
     """
     p = _norm_p(norm)
     audio, rebuild = split_inputs(inputs)
@@ -127,7 +129,7 @@ def pgd(model, inputs, labels, *, targeted: bool = False, eps: float | torch.Ten
                 delta = d / bview(d.flatten(1).norm(dim=1).clamp_min(1e-12), d) * bview(r * es, d)
             delta = _project(delta, xs, es, p)
         done = torch.zeros(len(xs), dtype=torch.bool, device=x.device)
-        for _ in range(steps):
+        for it in range(steps):
             g, logits = _grad(model, sub_rebuild, xs, delta, ls, loss, targeted)
             if early_stop:
                 done |= is_adversarial(logits.argmax(1), ls, targeted)
@@ -140,6 +142,8 @@ def pgd(model, inputs, labels, *, targeted: bool = False, eps: float | torch.Ten
             if early_stop:
                 step = step * bview((~done).to(step.dtype), step)
             delta = _project(delta + step, xs, es, p)
+            if project is not None:
+                delta = project(delta, step=it, total=steps, lengths=None)
         with torch.no_grad():
             adv = xs + delta
             ok = is_adversarial(model(sub_rebuild(adv)).argmax(1), ls, targeted)

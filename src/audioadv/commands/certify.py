@@ -97,7 +97,7 @@ def run(args) -> int:
                "sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha, **summarize(rows)}
     out.with_name(out.stem + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{len(rows)} examples -> {out}")
-    print("radius  " + "  ".join(f"{r:>5}" for r in summary["certified_accuracy"]))
-    print("cert.acc" + "  ".join(f"{v:5.2f}" for v in summary["certified_accuracy"].values()))
+    print("radius   " + "".join(f"{r:>6}" for r in summary["certified_accuracy"]))
+    print("cert.acc " + "".join(f"{v:6.2f}" for v in summary["certified_accuracy"].values()))
     print(f"abstained {summary['abstain']:.2f}, {summary['mean_time_s']:.2f} s per example", file=sys.stderr)
     return 0

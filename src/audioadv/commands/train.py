@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train)
 
+    z = sub.add_parser("models", help="list the model zoo architectures")
+    z.set_defaults(func=run_models)
+
     e = sub.add_parser("eval", help="accuracy and confusion matrix of a checkpoint on a dataset")
     e.add_argument("checkpoint", help="checkpoint folder (model.safetensors + config.json)")
     e.add_argument("--data", required=True, help="dataset spec, e.g. synth-commands or fsdd:PATH")
@@ -93,6 +96,17 @@ def run_train(args) -> int:
         cfg_json = read_config(args.out)
         cfg_json.setdefault("metrics", {}).update(test_accuracy=ev["accuracy"], test_examples=ev["n"])
         save_checkpoint(model, args.out, cfg_json)
+    return 0
+
+
+def run_models(args) -> int:
+    from .. import models
+
+    for name in models.names():
+        m = models.create(name, num_classes=10, input_length=16000)
+        n = sum(p.numel() for p in m.parameters())
+        doc = (type(m).__doc__ or "").strip().splitlines()[0]
+        print(f"{name:12s} {n:>9,} params  split at: {', '.join(m.representations()):30s} {doc}")
     return 0
 
 

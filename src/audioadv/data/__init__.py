@@ -4,6 +4,11 @@
 `NAME` for built-in data (e.g. `synth-commands`) or `NAME:PATH` for a local corpus
 (e.g. `fsdd:../shared/data/fsdd`). Options after a `?` are passed to the loader
 (`fsdd:PATH?label=speaker`).
+
+Registered: `synth-commands`, `synth-phrases` (built in, generated into the cache on first use),
+`fsdd:PATH`, `speechcommands:PATH`, `librispeech:PATH`, `urbansound8k:PATH`, `manifest:FILE`;
+each loader's module documents its folder layout and split rule. Split names "validation",
+"valid" and "dev" mean "val".
 """
 from __future__ import annotations
 

@@ -13,7 +13,12 @@ train/val/test with disjoint voices, as in synth-commands. Waves are left-aligne
 occupies `waves[i, :items[i]["num_samples"]]`, zero-padded after it; the default `input_length`
 is the longest clip of the generated set (all splits), so nothing is cropped.
 
-Spec: `synth-phrases?n=2000&seed=0&noise=0.25&reverb=0.25&source=grammar`.
+Voices: `variant_set="broad"` (default; every variant file but the robots of
+`synth.NOVELTY_VARIANTS`, so more timbres for training recognisers) or "humanlike" (the screened
+set synth-commands uses). The cache key of the default set has stayed the same since the first
+release of this module (version "phrases-1"); the voice pool is derived from the eSpeak data.
+
+Spec: `synth-phrases?n=2000&seed=0&noise=0.25&reverb=0.25&source=grammar&variant_set=humanlike`.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import numpy as np
 
 from .base import AudioDataset
 from .cache import cached_clips
+from .synth import voice_pool
 from .synth_sets import SPLITS, render_all, split_counts, split_voices, store_to_dataset
 
 VERSION = "phrases-1"
@@ -124,7 +130,7 @@ def normalise_transcript(text: str) -> str:
 
 def load_synth_phrases(path=None, split: str = "train", *, input_length: int | None = None, sample_rate: int = 16000,
                        n: int = 2000, seed: int = 0, noise: float = 0.25, reverb: float = 0.25,
-                       holdout: str = "combo", source: str = "grammar") -> AudioDataset:
+                       holdout: str = "combo", source: str = "grammar", variant_set: str = "broad") -> AudioDataset:
     """Load (generating on first use) a split of synth-phrases; see the module docstring."""
     if path:
         raise ValueError("synth-phrases is built in and takes no folder ('synth-phrases', not 'synth-phrases:PATH')")
@@ -137,8 +143,11 @@ def load_synth_phrases(path=None, split: str = "train", *, input_length: int | N
         raise ValueError(f"synth-phrases: n must be at least 3 (one per split), got {n}")
     src = _SOURCES[source]
     n, seed, noise, reverb = int(n), int(seed), float(noise), float(reverb)
+    voices = split_voices(voice_pool(variant_names=variant_set), seed=seed, holdout=holdout)
     params = dict(n=n, seed=seed, noise=noise, reverb=reverb, holdout=holdout, source=source,
                   source_version=src.version)
+    if variant_set != "broad":
+        params["variant_set"] = variant_set
 
     def jobs():
         counts = split_counts(n)
@@ -148,9 +157,9 @@ def load_synth_phrases(path=None, split: str = "train", *, input_length: int | N
                 text = normalise_transcript(text)
                 yield text, s, [seed, k, 0, i], {"category": cat}
 
-    def build():
-        return render_all(jobs(), split_voices(seed=seed, holdout=holdout), sample_rate=sample_rate, noise=noise,
-                          reverb=reverb, total=n, desc=f"synth-phrases ({source})")
+    def build(partial):
+        return render_all(jobs(), voices, sample_rate=sample_rate, noise=noise,
+                          reverb=reverb, total=n, desc=f"synth-phrases ({source})", checkpoint=partial)
 
     name = "synth-phrases" if source == "grammar" else f"synth-phrases-{source}"
     store = cached_clips("synth-phrases", VERSION, params, sample_rate, build)

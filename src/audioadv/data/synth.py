@@ -32,10 +32,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-ESPEAK_RATE = 22050  # eSpeak NG's native output rate (checked against espeak_Initialize at load)
+ESPEAK_RATE = 22050  # eSpeak NG's native output rate (the engine uses the rate espeak_Initialize reports)
 
-# Variant files that are deliberately non-human (robots, demons, pitch-effects) or whose file
-# name has a space; left out of the default voice pool but usable by name.
+# Variant files that are deliberately non-human (robots, demons) or whose file name has a space;
+# always left out of the default voice pool (usable by name). Others are screened by
+# `humanlike_variant` from their settings.
 NOVELTY_VARIANTS = frozenset({
     "Demonic", "UniRobot", "anikaRobot", "Mr serious",
     "robosoft", "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7", "robosoft8",
@@ -117,12 +118,20 @@ class _Engine:
             else:
                 if self.pid != os.getpid() or self.proc.poll() is not None:
                     self._start()  # a forked copy of this process (e.g. DataLoader worker) or a dead worker
-                self.proc.stdin.write((json.dumps(req) + "\n").encode())
-                self.proc.stdin.flush()
-                head = self._read_header()
+                try:
+                    self.proc.stdin.write((json.dumps(req) + "\n").encode())
+                    self.proc.stdin.flush()
+                    head = self._read_header()
+                    if head["ok"]:
+                        pcm = self.proc.stdout.read(2 * head["n"])
+                        if len(pcm) != 2 * head["n"]:
+                            raise SynthError(f"eSpeak worker sent {len(pcm)} of {2 * head['n']} bytes")
+                except BaseException:  # interrupted mid-exchange: the stream is out of step, restart next time
+                    self.proc.kill()
+                    self.proc.wait()
+                    raise
                 if not head["ok"]:
                     raise SynthError(f"eSpeak NG: {head['error']} (text {req['text']!r}, voice {req['voice_name']!r})")
-                pcm = self.proc.stdout.read(2 * head["n"])
                 events = head["events"]
         wav = np.frombuffer(pcm, dtype="<i2").astype(np.int16)
         return wav, [(t, pos, ln, smp, bytes.fromhex(i)) for t, pos, ln, smp, i in events]
@@ -132,12 +141,39 @@ _ENGINE: _Engine | None = None
 _ENGINE_LOCK = threading.Lock()
 
 
+_THREAD = threading.local()
+
+
 def engine() -> _Engine:
+    """The calling thread's private engine (see `use_private_engine`), else the shared one."""
     global _ENGINE
+    private = getattr(_THREAD, "engine", None)
+    if private is not None:
+        return private
     with _ENGINE_LOCK:
         if _ENGINE is None:
             _ENGINE = _Engine()
         return _ENGINE
+
+
+_POOL: list[_Engine] = []
+
+
+def engine_pool(n: int) -> list[_Engine]:
+    """n independent eSpeak fork servers, created once and reused by later calls."""
+    with _ENGINE_LOCK:
+        while len(_POOL) < n:
+            _POOL.append(_Engine())
+        return _POOL[:n]
+
+
+def bind_engine(eng: _Engine | None) -> None:
+    """Make the calling thread synthesise with `eng` (None: back to the shared engine).
+
+    Lets a thread pool synthesise in parallel, one engine per thread; results do not depend on
+    which engine renders them.
+    """
+    _THREAD.engine = eng
 
 
 def data_path() -> Path:
@@ -151,16 +187,79 @@ def english_voices() -> list[str]:
     return [v for v in ENGLISH_VOICES if v in present]
 
 
-def variants(include_novelty: bool = False) -> list[str]:
-    """Variant files in `espeak-ng-data/voices/!v`, sorted; robots/effects only on request."""
+def variant_settings(name: str) -> dict:
+    """The settings of a variant file that decide whether it sounds like a person.
+
+    Returns {"formants": {k: (freq %, strength %, width %)}, "echo": (delay ms, amplitude %) or None,
+    "pitch": (base Hz, max Hz) or None}.
+    """
+    path = data_path() / "voices" / "!v" / name
+    if not path.is_file():
+        raise SynthError(f"no eSpeak variant {name!r} (no file {path})")
+    out: dict = {"formants": {}, "echo": None, "pitch": None}
+    for line in path.read_text(errors="replace").splitlines():
+        f = line.split("//")[0].split()
+        if not f or f[0].startswith("#"):
+            continue
+        try:
+            if f[0] == "formant" and len(f) >= 5:
+                out["formants"][int(f[1])] = tuple(int(x) for x in f[2:5])
+            elif f[0] == "echo" and len(f) >= 3:
+                out["echo"] = (int(f[1]), int(f[2]))
+            elif f[0] == "pitch" and len(f) >= 3:
+                out["pitch"] = (int(f[1]), int(f[2]))
+        except ValueError:
+            continue
+    return out
+
+
+def humanlike_variant(name: str) -> bool:
+    """Screen for the default voice pool: a variant passes unless it is in NOVELTY_VARIANTS, sets a
+    loud echo (amplitude > 50 %), scales a vowel formant F1-F3 outside 55-145 % of the language
+    voice's frequency, or weakens one below 30 % strength (which removes vowels' identity).
+    """
+    if name in NOVELTY_VARIANTS:
+        return False
+    st = variant_settings(name)
+    if st["echo"] and st["echo"][1] > 50:
+        return False
+    for k in (1, 2, 3):
+        if k in st["formants"]:
+            freq, strength = st["formants"][k][:2]
+            if not 55 <= freq <= 145 or strength < 30:
+                return False
+    return True
+
+
+VARIANT_SETS = ("humanlike", "broad", "all")
+
+
+def variants(kind: str = "humanlike") -> list[str]:
+    """Variant files in `espeak-ng-data/voices/!v`, sorted.
+
+    kind="humanlike" (default): those passing `humanlike_variant`; "broad": every file except
+    NOVELTY_VARIANTS (keeps heavy echo and extreme formant shifts); "all": every file.
+    """
+    if kind is True or kind == "all":
+        keep = lambda n: True  # noqa: E731
+    elif kind == "broad":
+        keep = lambda n: n not in NOVELTY_VARIANTS  # noqa: E731
+    elif kind == "humanlike" or kind is False:
+        keep = humanlike_variant
+    else:
+        raise ValueError(f"variant set must be one of {', '.join(VARIANT_SETS)}, not {kind!r}")
     folder = data_path() / "voices" / "!v"
-    names = sorted(p.name for p in folder.iterdir() if p.is_file())
-    return [n for n in names if include_novelty or n not in NOVELTY_VARIANTS]
+    return [n for n in sorted(p.name for p in folder.iterdir() if p.is_file()) if keep(n)]
 
 
-def voice_pool(voices: Sequence[str] | None = None, variant_names: Sequence[str] | None = None) -> list[tuple[str, str]]:
-    """All (language voice, variant) combinations, the unit that dataset splits keep apart."""
-    return [(v, m) for v in (voices or english_voices()) for m in (variant_names or variants())]
+def voice_pool(voices: Sequence[str] | None = None, variant_names: Sequence[str] | str | None = None) -> list[tuple[str, str]]:
+    """All (language voice, variant) combinations, the unit that dataset splits keep apart.
+
+    `variant_names` is a list of variant files or the name of a set for `variants()`.
+    """
+    if variant_names is None or isinstance(variant_names, str):
+        variant_names = variants(variant_names or "humanlike")
+    return [(v, m) for v in (voices or english_voices()) for m in variant_names]
 
 
 @dataclass
@@ -342,6 +441,6 @@ def synthesize_params(text: str, params: SynthParams, *, sample_rate: int = 1600
     return synthesize(text, sample_rate=sample_rate, ipa=ipa, **params.to_dict())
 
 
-__all__ = ["Utterance", "SynthParams", "SynthError", "synthesize", "synthesize_params", "draw_params",
+__all__ = ["engine_pool", "bind_engine", "Utterance", "SynthParams", "SynthError", "synthesize", "synthesize_params", "draw_params",
            "english_voices", "variants", "voice_pool", "room_impulse_response", "colored_noise",
-           "NOVELTY_VARIANTS", "ESPEAK_RATE"]
+           "NOVELTY_VARIANTS", "ESPEAK_RATE", "variant_settings", "humanlike_variant", "VARIANT_SETS"]

@@ -11,12 +11,13 @@ so an utterance does not change when the dataset grows or other splits change si
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .align import left_align
 from .base import AudioDataset, fix_length
 from .synth import draw_params, synthesize_params, voice_pool
 
@@ -51,25 +52,74 @@ def split_counts(total: int, fractions: Sequence[float] = FRACTIONS) -> dict[str
     """How many of `total` utterances go to each split (train takes the rounding remainder)."""
     f = np.asarray(fractions, dtype=float) / sum(fractions)
     val, test = int(round(total * f[1])), int(round(total * f[2]))
+    if total >= 3:  # every split gets at least one
+        val, test = max(1, val), max(1, test)
     return {"train": total - val - test, "val": val, "test": test}
 
 
+def default_workers() -> int:
+    """Parallel synthesis threads: $AUDIOADV_SYNTH_WORKERS, else min(2, CPU count)."""
+    env = os.environ.get("AUDIOADV_SYNTH_WORKERS")
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"AUDIOADV_SYNTH_WORKERS must be a positive integer, not {env!r}")
+        return int(env)
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def render_one(job: tuple[str, str, list[int], dict], voices: dict[str, list], *, sample_rate: int,
+               noise: float, reverb: float) -> tuple[np.ndarray, dict]:
+    """One utterance of a dataset: everything random comes from the job's own rng key."""
+    text, split, key, extra = job
+    extra = dict(extra)
+    rng = np.random.default_rng(key)
+    spoken = text + str(rng.choice(["", ".", "!", "?"], p=[0.4, 0.3, 0.15, 0.15])) if extra.pop("punctuate", False) else text
+    params = draw_params(rng, voices[split], noise_prob=noise, rir_prob=reverb, snr_db=(15.0, 40.0))
+    u = synthesize_params(spoken, params, sample_rate=sample_rate)
+    item = {**extra, "text": text, "spoken": spoken, "split": split, **params.to_dict(),
+            "num_samples": int(u.wav.shape[0]),
+            "phonemes": [[p, round(a, 5), round(b, 5)] for p, a, b in u.phonemes],
+            "words": [[w, round(a, 5), round(b, 5)] for w, a, b in u.words]}
+    return u.wav.numpy(), item
+
+
 def render_all(jobs: Iterable[tuple[str, str, list[int], dict]], voices: dict[str, list], *, sample_rate: int,
-               noise: float, reverb: float, total: int, desc: str) -> tuple[list[np.ndarray], list[dict]]:
-    """Synthesise every job (text, split, rng key, extra item fields) with tqdm progress."""
+               noise: float, reverb: float, total: int, desc: str, checkpoint: Path | None = None,
+               workers: int | None = None) -> tuple[list[np.ndarray], list[dict]]:
+    """Synthesise every job (text, split, rng key, extra item fields) with tqdm progress.
+
+    With `checkpoint` (a folder), finished utterances are saved every `cache.CHUNK` and the ones
+    already there are reused, so an interrupted run resumes. `workers` threads (default
+    `default_workers()`) each drive their own eSpeak fork server; the output does not depend on it.
+    """
+    import itertools
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
-    clips, items = [], []
-    for text, split, key, extra in tqdm(jobs, total=total, desc=desc, unit="utt", mininterval=1.0):
-        rng = np.random.default_rng(key)
-        spoken = text + str(rng.choice(["", ".", "!", "?"], p=[0.4, 0.3, 0.15, 0.15])) if extra.pop("punctuate", False) else text
-        params = draw_params(rng, voices[split], noise_prob=noise, rir_prob=reverb, snr_db=(15.0, 40.0))
-        u = synthesize_params(spoken, params, sample_rate=sample_rate)
-        clips.append(u.wav.numpy())
-        items.append({**extra, "text": text, "spoken": spoken, "split": split, **params.to_dict(),
-                      "num_samples": int(u.wav.shape[0]),
-                      "phonemes": [[p, round(a, 5), round(b, 5)] for p, a, b in u.phonemes],
-                      "words": [[w, round(a, 5), round(b, 5)] for w, a, b in u.words]})
+    from . import cache
+    from .synth import bind_engine, engine_pool
+
+    clips, items = cache.load_chunks(checkpoint) if checkpoint is not None else ([], [])
+    done = saved = len(items)
+    workers = default_workers() if workers is None else int(workers)
+    todo = itertools.islice(iter(jobs), done, None)
+    one = lambda job: render_one(job, voices, sample_rate=sample_rate, noise=noise, reverb=reverb)  # noqa: E731
+    pool = None
+    if workers > 1:
+        engines, slot = engine_pool(workers), itertools.count()
+        pool = ThreadPoolExecutor(workers, initializer=lambda: bind_engine(engines[next(slot)]))
+    try:
+        results = pool.map(one, todo) if pool else map(one, todo)
+        for clip, item in tqdm(results, total=total, initial=done, desc=desc, unit="utt", mininterval=1.0):
+            clips.append(clip)
+            items.append(item)
+            if checkpoint is not None and len(items) - saved >= cache.CHUNK:
+                cache.save_chunk(checkpoint, saved, clips[saved:], items[saved:])
+                saved = len(items)
+    finally:
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
     return clips, items
 
 
@@ -100,20 +150,21 @@ def store_to_dataset(store, split: str, classes: list[str], label_key: str, *, i
     if input_length is None:
         if align == "center":
             raise ValueError(f"{name}: input_length is required")
-        input_length = int(max(int(store.offsets[i + 1] - store.offsets[i]) for i in range(len(store))))
+        input_length = int(np.diff(store.offsets).max())
     input_length = int(input_length)
     cls = {c: k for k, c in enumerate(classes)}
-    waves = torch.zeros(len(index), input_length)
+    waves = np.zeros((len(index), input_length), dtype=np.float32)
     labels, items = [], []
     for row, i in enumerate(index):
-        clip = torch.from_numpy(store.clip(i))
+        clip = store.clip(i)
         t = clip.shape[0]
         it = dict(store.items[i])
         if align == "center":
-            waves[row] = fix_length(clip, input_length)
+            waves[row] = fix_length(torch.from_numpy(clip), input_length).numpy()
             shift = ((input_length - t) // 2) if t <= input_length else -((t - input_length) // 2)
-        elif align == "start":
-            waves[row] = left_align(clip, input_length)[0]
+        elif align == "start":  # the rule of align.left_align, written in place
+            n = min(t, input_length)
+            waves[row, :n] = clip[:n]
             shift = 0
             it["truncated"] = t > input_length
         else:
@@ -126,7 +177,8 @@ def store_to_dataset(store, split: str, classes: list[str], label_key: str, *, i
         it["index"] = i
         labels.append(cls[it[label_key]])
         items.append(it)
-    return AudioDataset(waves, torch.tensor(labels, dtype=torch.long), list(classes), sr, items, name=f"{name}-{split}")
+    return AudioDataset(torch.from_numpy(waves), torch.tensor(labels, dtype=torch.long), list(classes), sr, items, name=f"{name}-{split}")
 
 
-__all__ = ["SPLITS", "FRACTIONS", "split_voices", "split_counts", "render_all", "store_to_dataset"]
+__all__ = ["SPLITS", "FRACTIONS", "split_voices", "split_counts", "render_all", "render_one", "default_workers",
+           "store_to_dataset"]

@@ -1,0 +1,114 @@
+"""Speed of randomized-smoothing certification: noisy forward passes per second of
+`audioadv.certify.Smooth.certify` against (1) the bare base model's batched forward on the same
+number of noisy inputs (overhead ratio = certify time / base time, goal <= 1.10) and
+(2) ART's `PyTorchRandomizedSmoothing.certify` on the same model, same n0, n and batch size.
+
+    .venv/bin/python benchmarks/certify_speed.py [--models logmel-cnn resemblyzer-speaker] [--n 2000]
+
+Needs the `bench` extra (adversarial-robustness-toolbox 1.20.1, whose certify imports statsmodels).
+Weights are untrained (speed does not depend on them); one CPU thread by default. `--models linear`
+adds a single linear layer, for which the cost of drawing the noise dominates (an upper bound on
+the overhead).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from audioadv import models  # noqa: E402
+from audioadv.certify import Smooth  # noqa: E402
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def bench(name: str, n0: int, n: int, batch: int, sigma: float, repeats: int, length: int, art: bool) -> dict:
+    torch.manual_seed(0)
+    if name == "linear":   # a near-free model: shows the cost of sampling the noise itself
+        model = torch.nn.Sequential(torch.nn.Linear(length, 10)).eval()
+        model.representations = lambda: ["waveform"]
+    else:
+        model = models.create(name, num_classes=10, input_length=length).eval()
+    x = 0.05 * torch.randn(length)
+    total = n0 + n
+    noisy = x + sigma * torch.randn(batch, length)     # generated once: the bare forward pays no sampling
+
+    def base():
+        with torch.no_grad():
+            done = 0
+            while done < total:
+                b = min(batch, total - done)
+                model(noisy[:b]).argmax(1)
+                done += b
+
+    row = {"model": name, "input_length": length, "n0": n0, "n": n, "batch": batch, "sigma": sigma}
+    base()  # warm-up
+    t_base = best_of(base, repeats)
+    row["base_forward_per_s"] = total / t_base
+    for at in ("waveform", "spectrogram", "fbank"):
+        if at not in model.representations():
+            continue
+        smooth = Smooth(model, 10, sigma, at=at)
+        t = best_of(lambda: smooth.certify(x, n0, n, 0.001, batch, seed=0), repeats)
+        row[f"certify_{at}_per_s"] = total / t
+        row[f"overhead_{at}"] = t / t_base
+    if art:
+        from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
+        clf = PyTorchRandomizedSmoothing(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=(length,),
+                                         nb_classes=10, device_type="cpu", sample_size=n0, scale=sigma, alpha=0.001)
+        xa = x.numpy()[None].astype(np.float32)
+        t_art = best_of(lambda: clf.certify(xa, n=n, batch_size=batch), repeats)
+        row["art_certify_per_s"] = total / t_art
+        row["speedup_vs_art"] = t_art / (total / row["certify_waveform_per_s"])
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["logmel-cnn", "resemblyzer-speaker"])
+    ap.add_argument("--n0", type=int, default=100)
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=200)
+    ap.add_argument("--sigma", type=float, default=0.1)
+    ap.add_argument("--length", type=int, default=25000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-art", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "certify_speed.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name in args.models:
+        n = args.n if name != "resemblyzer-speaker" else max(args.n // 4, 100)
+        row = bench(name, args.n0, n, args.batch, args.sigma, args.repeats, args.length, not args.no_art)
+        rows.append(row)
+        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    print("\n| model | base fwd/s | certify@waveform/s (overhead) | @spectrogram/s | @fbank/s | ART certify/s | ours vs ART |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        f = lambda k: f"{r[k]:.0f}" if k in r else "-"
+        print(f"| {r['model']} | {r['base_forward_per_s']:.0f} | {r['certify_waveform_per_s']:.0f} "
+              f"({r['overhead_waveform']:.3f}) | {f('certify_spectrogram_per_s')} | {f('certify_fbank_per_s')} | "
+              f"{f('art_certify_per_s')} | {('%.2fx' % r['speedup_vs_art']) if 'speedup_vs_art' in r else '-'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

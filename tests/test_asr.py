@@ -1,0 +1,128 @@
+"""Character CTC recogniser: vocabulary, CTC loss and decoding on hand-made cases, the model's
+shapes / padding / checkpoint round trip, text error rates and the Hugging Face adapter."""
+import json
+import math
+
+import pytest
+import torch
+
+from audioadv.metrics.text import cer, edit_distance, wer
+from audioadv.models.asr import (CharVocab, CTCRecognizer, HFWav2Vec2Recognizer, Recognizer, beam_search_decode,
+                                 ctc_loss, greedy_decode, load_recognizer, save_recognizer, transcribe)
+
+
+class Fixed:
+    """A Recognizer returning fixed frame log-probabilities (for hand-computed CTC values)."""
+
+    sample_rate, blank = 16000, 0
+
+    def __init__(self, probs, chars="ab"):
+        self.logits = torch.log(torch.tensor(probs, dtype=torch.float64))[None]
+        self.vocab = CharVocab(chars)
+
+    def frame_logits(self, wav, lengths=None):
+        return self.logits.expand(len(wav), -1, -1), torch.full((len(wav),), self.logits.shape[1])
+
+    def encode_text(self, text):
+        return self.vocab.encode(text)
+
+    def decode_labels(self, ids):
+        return self.vocab.decode(ids)
+
+
+def test_vocab_normalises_and_round_trips():
+    v = CharVocab()
+    assert v.normalize("Call Mom, 2 times!") == "call mom two times"
+    ids = v.encode("it's ok")
+    assert 0 not in ids and v.decode(ids) == "it's ok"
+    assert len(v) == 29 and v.blank == 0
+    with pytest.raises(ValueError):
+        CharVocab("aa")
+
+
+def test_ctc_loss_hand_computed():
+    # two frames over (blank, a): "a" is emitted by (a,a), (a,-), (-,a)
+    m = Fixed([[0.4, 0.6, 1e-12], [0.3, 0.7, 1e-12]])
+    p = 0.6 * 0.7 + 0.6 * 0.3 + 0.4 * 0.7
+    loss = ctc_loss(m, torch.zeros(1, 10), None, ["a"])
+    assert loss.item() == pytest.approx(-math.log(p), rel=1e-5)
+    # "aa" needs a blank between the two a's: impossible in two frames
+    assert torch.isinf(ctc_loss(m, torch.zeros(1, 10), None, ["aa"])).all()
+    # "ab" over two frames: only (a, b)
+    m2 = Fixed([[0.1, 0.5, 0.4], [0.2, 0.3, 0.5]])
+    assert ctc_loss(m2, torch.zeros(1, 10), None, ["ab"]).item() == pytest.approx(-math.log(0.5 * 0.5), rel=1e-5)
+
+
+def test_greedy_and_beam_decoding():
+    # best path a a - a b b - -> "aab"
+    seq = [1, 1, 0, 1, 2, 2, 0]
+    logits = torch.full((1, len(seq), 3), -5.0)
+    logits[0, torch.arange(len(seq)), torch.tensor(seq)] = 0.0
+    assert greedy_decode(logits, None, 0) == [[1, 1, 2]]
+    assert greedy_decode(logits, torch.tensor([3]), 0) == [[1]]
+    assert beam_search_decode(logits, None, 0, beam_width=4) == [[1, 1, 2]]
+    # greedy picks blank twice (0.36) but "a" has 0.64 summed over its three paths
+    probs = torch.log(torch.tensor([[[0.6, 0.4], [0.6, 0.4]]]))
+    assert greedy_decode(probs, None, 0) == [[]]
+    assert beam_search_decode(probs, None, 0, beam_width=4) == [[1]]
+
+
+def test_error_rates():
+    assert edit_distance("kitten", "sitting") == 3
+    assert wer("call mom now", "call tom now") == pytest.approx(1 / 3)
+    assert cer("abcd", "abd") == pytest.approx(1 / 4)
+    assert wer(["a b", "c"], ["a b", "d"]) == pytest.approx(1 / 3)
+    assert cer("", "") == 0.0
+
+
+def test_model_shapes_padding_and_gradient(tmp_path):
+    torch.manual_seed(0)
+    m = CTCRecognizer(n_mels=20, channels=16, hidden=16, layers=2).eval()
+    assert isinstance(m, Recognizer)
+    x = 0.1 * torch.randn(2, 16000)
+    lengths = torch.tensor([16000, 9600])
+    logp, frames = m(x, lengths)
+    assert logp.shape == (2, 51, 29) and frames.tolist() == [51, 31]
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(2, 51), atol=1e-5)
+    # the padded utterance gives the same frames as alone (only the STFT's edge frames differ:
+    # reflection padding alone, zeros in the batch), so padding does not leak into the GRUs
+    alone, _ = m(x[1:, :9600])
+    assert torch.allclose(logp[1, :31], alone[0], atol=2e-2)
+    assert torch.allclose(logp[1, :20], alone[0, :20], atol=5e-3)
+    # gradient reaches the waveform
+    xr = x.clone().requires_grad_(True)
+    ctc_loss(m, xr, lengths, ["hello", "hi"]).sum().backward()
+    assert xr.grad.abs().sum() > 0 and xr.grad[1, 9600 + 512:].abs().sum() == 0
+    # checkpoint round trip (safetensors + json)
+    save_recognizer(m, tmp_path / "ckpt")
+    m2 = load_recognizer(tmp_path / "ckpt")
+    assert torch.equal(m2(x, lengths)[0], logp)
+    assert transcribe(m2, x, lengths) == transcribe(m, x, lengths)
+    cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert cfg["architecture"] == "ctc-bigru"
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        (tmp_path / "ckpt" / "model.safetensors").unlink()
+        load_recognizer(tmp_path / "ckpt")
+
+
+def test_hf_wav2vec2_adapter(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, **{c: i + 5 for i, c in enumerate("ETAOINSHRDLU")}}
+    cfg = transformers.Wav2Vec2Config(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                                      num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+                                      conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
+                                      num_conv_pos_embedding_groups=2, pad_token_id=0, feat_extract_norm="layer",
+                                      do_stable_layer_norm=True)
+    torch.manual_seed(0)
+    transformers.Wav2Vec2ForCTC(cfg).save_pretrained(tmp_path)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    rec = HFWav2Vec2Recognizer.from_pretrained(tmp_path)
+    assert isinstance(rec, Recognizer) and rec.blank == 0
+    assert rec.encode_text("eat a tea") == [vocab[c] for c in "EAT|A|TEA"]
+    assert rec.decode_labels([vocab["T"], vocab["|"], vocab["A"]]) == "t a"
+    x = (0.1 * torch.randn(2, 8000)).requires_grad_(True)
+    logits, frames = rec.frame_logits(x, torch.tensor([8000, 4000]))
+    assert logits.shape[0] == 2 and logits.shape[2] == len(vocab) and frames[0] > frames[1]
+    ctc_loss(rec, x, torch.tensor([8000, 4000]), ["tea", "at"]).sum().backward()
+    assert x.grad.abs().sum() > 0
+    assert len(transcribe(rec, x.detach(), torch.tensor([8000, 4000]))) == 2

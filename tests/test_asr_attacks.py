@@ -1,0 +1,120 @@
+"""Speech-to-text attacks (CW, IPC, Imperceptible) and the l0 proximal (sparse) wrapper, on a
+tiny CTC recogniser trained in the test on a toy tone-letter task (tests/_asr_toy.py)."""
+import pytest
+import torch
+
+from _asr_toy import batch, train_toy
+from audioadv.attacks.sparse import HardThreshold, chain, hard_threshold, sparse
+from audioadv.attacks.cw_ctc import cw_ctc
+from audioadv.attacks.imperceptible import imperceptible
+from audioadv.attacks.ipc import ipc
+from audioadv.attacks._ctc import asr_report
+from audioadv.models.asr import transcribe
+from audioadv.signal.masking import masking_loss, masking_threshold
+
+SRC, TGT = ["abcd", "dcb"], ["abdd", "dab"]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    torch.set_num_threads(1)
+    model = train_toy()
+    x, lengths = batch(SRC, seed=9)
+    assert transcribe(model, x, lengths) == SRC  # the recogniser works before it is attacked
+    return model, x, lengths
+
+
+def test_hard_threshold_keeps_exactly_k():
+    torch.manual_seed(0)
+    d = torch.randn(3, 100)
+    out = hard_threshold(d, torch.tensor([10, 0, 100]))
+    assert (out != 0).sum(1).tolist() == [10, 0, 100]
+    kept = out[0] != 0
+    assert d[0].abs()[kept].min() >= d[0].abs()[~kept].max()           # the largest ones
+    assert torch.equal(out[0][kept], d[0][kept])                        # unchanged values
+    # ties and lengths: exactly k among the first lengths[b] samples, nothing after
+    t = torch.ones(2, 50)
+    out = hard_threshold(t, 7, lengths=torch.tensor([20, 50]))
+    assert (out != 0).sum(1).tolist() == [7, 7] and out[0, 20:].abs().sum() == 0
+
+
+def test_schedule_ramps_to_the_target_sparsity():
+    h = HardThreshold(0.4, ramp=0.3)
+    assert h.sparsity_at(0, 100) == pytest.approx(0.4 / 30)
+    assert h.sparsity_at(29, 100) == pytest.approx(0.4) and h.ready_step(100) == 29
+    assert h.sparsity_at(99, 100) == pytest.approx(0.4)
+    d = torch.randn(2, 1000)
+    out = h(d, step=50, total=100, lengths=torch.tensor([1000, 500]))
+    assert (out != 0).sum(1).tolist() == [600, 300]
+    assert HardThreshold(0.5, ramp=0.0).sparsity_at(0, 10) == 0.5
+    with pytest.raises(ValueError):
+        HardThreshold(1.0)
+    both = chain(lambda d, **k: d * 2, h)
+    assert both.ready_step(100) == 29
+
+
+def test_cw_reaches_target_within_its_bound(toy):
+    model, x, lengths = toy
+    info = {}
+    adv = cw_ctc(model, x, TGT, lengths=lengths, tau=0.2, lr=3e-3, max_iter=60, info=info)
+    assert transcribe(model, adv, lengths) == TGT and all(info["success"])
+    d = adv - x
+    assert (d.abs().amax(1) <= 0.2 + 1e-6).all()
+    assert d[1, int(lengths[1]):].abs().sum() == 0                      # padding untouched
+    # tau shrank below its start on success, and the result respects the last successful bound
+    assert all(t < 0.2 for t in info["tau"])
+    rep = asr_report(model, x, adv, TGT, SRC, lengths, info)
+    assert all(r["success"] and r["cer_target"] == 0 and r["cer_original"] > 0 for r in rep)
+    assert all(r["snr_db"] > 10 and r["db_x"] < 0 and 0 < r["l0"] <= 1 for r in rep)
+    assert all(0 <= r["iterations"] < 60 for r in rep)
+
+
+def test_ipc_bound_holds_sample_by_sample(toy):
+    model, x, lengths = toy
+    info = {}
+    adv = ipc(model, x, TGT, lengths=lengths, ratio=1.0, lr=3e-3, max_iter=60, info=info)
+    assert transcribe(model, adv, lengths) == TGT
+    d = adv - x
+    ratios = torch.tensor(info["ratio"])
+    assert (ratios < 1.0).all()                                         # shrunk on success
+    assert (d.abs() <= 1.0 * x.abs() + 1e-7).all()                      # the initial bound, everywhere
+    # the returned perturbation was found under a ratio at most 1/shrink of the final one
+    assert (d.abs() <= (ratios / 0.9)[:, None] * x.abs() + 1e-7).all()
+
+
+def test_sparse_wrapper_reaches_target_at_the_sparsity(toy):
+    model, x, lengths = toy
+    for attack, kw in ((cw_ctc, dict(tau=0.2)), (ipc, dict(ratio=1.0))):
+        info = {}
+        adv = sparse(attack, 0.4)(model, x, TGT, lengths=lengths, lr=3e-3, max_iter=60, info=info, **kw)
+        assert transcribe(model, adv, lengths) == TGT, attack.__name__
+        nz = ((adv - x) != 0).sum(1)
+        assert (nz <= torch.floor(0.6 * lengths)).all()
+        assert all(i >= 18 for i in info["iterations"])                 # only after the ramp (18 steps)
+    if attack is ipc:
+        assert ((adv - x).abs() <= x.abs() + 1e-7).all()
+
+
+def test_imperceptible_reaches_target_and_lowers_the_masking_loss(toy):
+    model, x, lengths = toy
+    kw = dict(tau=0.2, lr_stage1=3e-3, max_iter_stage1=40)
+    stage1 = cw_ctc(model, x, TGT, lengths=lengths, tau=0.2, lr=3e-3, max_iter=40, l2_weight=0.0)
+    info = {}
+    adv = imperceptible(model, x, TGT, lengths=lengths, max_iter_stage2=40, lr_stage2=1e-3, info=info, **kw)
+    assert transcribe(model, adv, lengths) == TGT and all(info["stage2_success"])
+    theta, pmax = masking_threshold(x, lengths=lengths)
+    before = masking_loss(stage1 - x, theta, pmax, lengths)
+    after = masking_loss(adv - x, theta, pmax, lengths)
+    assert (after < before).all()
+
+
+def test_sparse_wraps_pgd_on_a_classifier():
+    from audioadv.attacks import pgd
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(400, 3))
+    x = 0.1 * torch.randn(4, 400)
+    y = model(x).argmax(1)
+    adv = sparse(pgd, 0.5)(model, x, y, eps=0.05, steps=10)
+    assert (((adv - x) != 0).sum(1) <= 200).all()
+    dense = pgd(model, x, y, eps=0.05, steps=10)
+    assert (((dense - x) != 0).sum(1) > 200).all()
