@@ -56,5 +56,15 @@ reproduce-zoo: $(VENV)/.core
 	$(BIN)/python benchmarks/zoo_accuracy.py --data fsdd:../shared/data/fsdd --models $(ZOO_FSDD) --quiet
 	$(BIN)/python benchmarks/zoo_accuracy.py --data synth-commands --models $(ZOO_SYNTH) --quiet
 
+# Sparse speech-to-text attacks (CW, IPC, Imperceptible; dense and sparsity 0.3/0.4/0.5) on 50
+# synth-phrases test utterances. Trains the CTC recogniser first when runs/asr has none (3 epochs,
+# about 35-50 min on one busy CPU core). Table: runs/reproduce_sparse/summary.md; per-utterance
+# JSONL runs/reproduce_sparse/results.jsonl (a rerun resumes).
+runs/asr/model.safetensors: | $(VENV)/.dev
+	$(BIN)/audioadv train-asr --epochs 3 --out runs/asr
+
+reproduce-sparse: $(VENV)/.dev runs/asr/model.safetensors
+	$(BIN)/python scripts/reproduce_sparse.py --model runs/asr --out runs/reproduce_sparse $(SPARSE_ARGS)
+
 clean:
 	rm -rf $(VENV) runs .cache

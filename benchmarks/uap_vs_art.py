@@ -41,8 +41,9 @@ def parse():
     p.add_argument("--passes", type=int, default=2, help="passes (ART max_iter) for the iterative methods")
     p.add_argument("--delta", type=float, default=0.1)
     p.add_argument("--target", type=int, default=3)
-    p.add_argument("--penalty-iter", type=int, default=40)
-    p.add_argument("--penalty-lr", type=float, default=0.001)
+    p.add_argument("--penalty-iter", type=int, default=60)
+    p.add_argument("--penalty-lr", type=float, default=0.0005)
+    p.add_argument("--penalty-c", type=float, default=3.0)
     p.add_argument("--n-clips", type=int, default=16, help="clips for the per-example attacks")
     p.add_argument("--budgets", default="0.1,0.4", help="l2 budgets for success at equal budget")
     p.add_argument("--cw-steps", type=int, default=100)
@@ -129,7 +130,7 @@ def main() -> int:
                 return uap_metrics(a.noise)
             return run
         rows.append(record("ART UniversalPerturbation (deepfool)", art_up("deepfool", {"verbose": False})))
-        rows.append(record("ART UniversalPerturbation (fgsm)", art_up("fgsm", {"eps": args.xi / 4})))
+        rows.append(record("ART UniversalPerturbation (fgsm)", art_up("fgsm", {"eps": args.xi})))
 
         def ours(method, **kw):
             def run():
@@ -140,7 +141,9 @@ def main() -> int:
                                                                  max_passes=args.passes)))
         rows.append(record("audioadv iterative (ddn)", ours("iterative", attack="ddn", xi=args.xi,
                                                             max_passes=args.passes)))
-        rows.append(record("audioadv penalty (l_inf projection)", ours("penalty", xi=args.xi, p=math.inf,
+        rows.append(record("audioadv iterative (ddn, inner batch 8)", ours("iterative", attack="ddn", xi=args.xi,
+                                                                           max_passes=args.passes, batch_size=8)))
+        rows.append(record("audioadv penalty (l_inf projection)", ours("penalty", xi=args.xi, p=math.inf, c=args.penalty_c,
                                                                        lr=args.penalty_lr, max_iter=args.penalty_iter)))
     if "targeted" not in skip:
         t = args.target
@@ -150,7 +153,7 @@ def main() -> int:
         def art_tup():
             random.seed(args.seed)
             y = np.eye(C, dtype=np.float32)[np.full(len(xct), t)]
-            a = TargetedUniversalPerturbation(art_clf, attacker="fgsm", attacker_params={"eps": args.xi / 4, "targeted": True},
+            a = TargetedUniversalPerturbation(art_clf, attacker="fgsm", attacker_params={"eps": args.xi, "targeted": True},
                                               delta=args.delta, max_iter=args.passes, eps=args.xi, norm=np.inf)
             a.generate(xct, y=y)
             return uap_metrics(a.noise, t)
@@ -163,8 +166,11 @@ def main() -> int:
             return run
         rows.append(record(f"audioadv iterative (ddn) -> {t}", ours_t("iterative", attack="ddn", xi=args.xi,
                                                                       max_passes=args.passes)))
+        rows.append(record(f"audioadv iterative (ddn, inner batch 8) -> {t}",
+                           ours_t("iterative", attack="ddn", xi=args.xi, max_passes=args.passes, batch_size=8)))
         rows.append(record(f"audioadv penalty (l_inf projection) -> {t}",
-                           ours_t("penalty", xi=args.xi, p=math.inf, lr=args.penalty_lr, max_iter=args.penalty_iter)))
+                           ours_t("penalty", xi=args.xi, p=math.inf, c=args.penalty_c, lr=args.penalty_lr,
+                                  max_iter=args.penalty_iter)))
 
     per = []
     if "per-example" not in skip:

@@ -32,6 +32,13 @@ from audioadv.train import TrainConfig, evaluate, fit  # noqa: E402
 BAR = 0.95
 
 
+def _rel(p: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
 def read_rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -44,7 +51,9 @@ def write_table(rows: list[dict], path: Path) -> None:
         latest[(r["data"], r["model"])] = r
     lines = ["# Model zoo test accuracy", "",
              "Produced by `make reproduce-zoo` (benchmarks/zoo_accuracy.py): one training run per row, "
-             "1 CPU thread, best validation epoch evaluated on the test split.", "",
+             "1 CPU thread, best validation epoch evaluated on the test split. `train s` is wall-clock time "
+             "on the machine that produced the row (the recorded rows: a 2-core machine shared with several "
+             "other jobs, so an idle machine is faster).", "",
              "| data | model | test accuracy | >= 0.95 | val accuracy | best epoch / epochs | train s | params | seed |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (data, model), r in sorted(latest.items()):
@@ -99,7 +108,7 @@ def main(argv=None) -> int:
             row = {"data": name, "model": m, "epochs": args.epochs, "seed": args.seed, "test_accuracy": ev["accuracy"],
                    "test_examples": ev["n"], "val_accuracy": summary["best"]["val_accuracy"],
                    "best_epoch": summary["best"]["epoch"], "train_seconds": round(seconds, 1),
-                   "params": sum(p.numel() for p in model.parameters()), "checkpoint": str(out),
+                   "params": sum(p.numel() for p in model.parameters()), "checkpoint": _rel(out),
                    "torch_threads": args.threads}
             print(f"   {m}: test accuracy {ev['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
             results.parent.mkdir(parents=True, exist_ok=True)

@@ -197,6 +197,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-attack", action="store_true")
+    ap.add_argument("--skip-logmel", action="store_true", help="reuse logmel.json of an earlier run, if any")
     ap.add_argument("--fsdd", metavar="SPEC", nargs="?", const=f"fsdd:{ROOT.parent / 'shared' / 'data' / 'fsdd'}?label=speaker",
                     help="instead of the LibriSpeech study: train logmel-cnn on FSDD's 6 speakers without and with "
                          "noise augmentation (sigma 0.1 at each representation) and report natural accuracy")
@@ -233,26 +234,33 @@ def main(argv=None) -> int:
     clean_head = {k: v.clone() for k, v in model.head.state_dict().items()}
     save_checkpoint(model, out / "models" / "resemblyzer-speaker", {"classes": classes, "data": args.data,
                                                                     "segment_samples": SEGMENT})
-    results["natural"] = {"no_augmentation": clean_acc, "augmented": {}, "noisy_test_of_clean_model": {}}
-    heads = {"clean": {}, "matched": {}}
-    print(f"resemblyzer-speaker natural accuracy (clean head): {clean_acc:.3f}", flush=True)
-    for at in REPS:
-        for sigma in SIGMAS:
-            key = f"{at}@{sigma:g}"
-            noisy_tr = torch.cat([embed(model, xtr, at, sigma, seed=args.seed + d) for d in range(cfg["aug_draws"])])
-            fit_head(model, noisy_tr, ytr.repeat(cfg["aug_draws"]), seed=args.seed)
-            with torch.no_grad():
-                aug_clean = accuracy(model.head(ete), yte)
-                aug_noisy = accuracy(model.head(embed(model, xte, at, sigma, seed=10_000 + args.seed)), yte)
-                heads["matched"][key] = {k: v.clone() for k, v in model.head.state_dict().items()}
-                heads["clean"][key] = clean_head
-                model.head.load_state_dict(clean_head)
-                base_noisy = accuracy(model.head(embed(model, xte, at, sigma, seed=10_000 + args.seed)), yte)
-            results["natural"]["augmented"][key] = {"clean_test": aug_clean, "noisy_test": aug_noisy}
-            results["natural"]["noisy_test_of_clean_model"][key] = base_noisy
-            print(f"  head trained with noise {key}: clean test {aug_clean:.3f}, noisy test {aug_noisy:.3f} "
-                  f"(clean head on noisy test {base_noisy:.3f})", flush=True)
-    model.head.load_state_dict(clean_head)
+    heads_cache = out / "heads.pt"
+    if heads_cache.exists():   # a rerun reuses the trained heads and their accuracies
+        heads, results["natural"] = torch.load(heads_cache, weights_only=True)["heads"], \
+            json.loads((out / "natural.json").read_text())
+    else:
+        results["natural"] = {"no_augmentation": clean_acc, "augmented": {}, "noisy_test_of_clean_model": {}}
+        heads = {"clean": {}, "matched": {}}
+        print(f"resemblyzer-speaker natural accuracy (clean head): {clean_acc:.3f}", flush=True)
+        for at in REPS:
+            for sigma in SIGMAS:
+                key = f"{at}@{sigma:g}"
+                noisy_tr = torch.cat([embed(model, xtr, at, sigma, seed=args.seed + d) for d in range(cfg["aug_draws"])])
+                fit_head(model, noisy_tr, ytr.repeat(cfg["aug_draws"]), seed=args.seed)
+                with torch.no_grad():
+                    aug_clean = accuracy(model.head(ete), yte)
+                    aug_noisy = accuracy(model.head(embed(model, xte, at, sigma, seed=10_000 + args.seed)), yte)
+                    heads["matched"][key] = {k: v.clone() for k, v in model.head.state_dict().items()}
+                    heads["clean"][key] = clean_head
+                    model.head.load_state_dict(clean_head)
+                    base_noisy = accuracy(model.head(embed(model, xte, at, sigma, seed=10_000 + args.seed)), yte)
+                results["natural"]["augmented"][key] = {"clean_test": aug_clean, "noisy_test": aug_noisy}
+                results["natural"]["noisy_test_of_clean_model"][key] = base_noisy
+                print(f"  head trained with noise {key}: clean test {aug_clean:.3f}, noisy test {aug_noisy:.3f} "
+                      f"(clean head on noisy test {base_noisy:.3f})", flush=True)
+        model.head.load_state_dict(clean_head)
+        torch.save({"heads": heads}, heads_cache)
+        (out / "natural.json").write_text(json.dumps(results["natural"], indent=2) + "\n")
 
     # --- certification: the unaugmented head (as the study) and the head trained at the same noise --
     pts = pick(yte, cfg["per_speaker"], args.seed)
@@ -308,15 +316,22 @@ def main(argv=None) -> int:
                 ok = [c == int(y) for c, y in zip(clean_pred, ya)]
                 wrong = sum(o and a != int(y) and a != Smooth.ABSTAIN for o, a, y in zip(ok, adv_pred, ya))
                 abstain = sum(o and a == Smooth.ABSTAIN for o, a in zip(ok, adv_pred))
+                front = smooth.front
+                with torch.no_grad():   # how far the waveform attack moved the smoothed representation
+                    rep_l2 = (front(adv) - front(xa)).flatten(1).norm(dim=1).mean().item()
                 att[f"{at}@{sigma:g}@eps{eps:g}"] = {"at": at, "sigma": sigma, "eps": eps, "clean_correct": sum(ok),
-                                                     "success": wrong, "abstain": abstain, "points": len(apts)}
+                                                     "success": wrong, "abstain": abstain, "points": len(apts),
+                                                     "representation_l2": rep_l2}
                 print(f"  PGD-l2+EOT eps={eps:g} vs smoothed {at} sigma={sigma:g}: {wrong}/{sum(ok)} fooled, "
-                      f"{abstain} abstain", flush=True)
+                      f"{abstain} abstain, l2 at the {at} {rep_l2:.3f}", flush=True)
         model.head.load_state_dict(clean_head)
         results["attack"] = att
 
-    if cfg["logmel_epochs"]:
+    if cfg["logmel_epochs"] and not args.skip_logmel:
         results["logmel"] = train_logmel(xtr, ytr, xte, yte, classes, cfg["logmel_epochs"], out, args.seed)
+        (out / "logmel.json").write_text(json.dumps(results["logmel"], indent=2) + "\n")
+    elif (out / "logmel.json").exists():
+        results["logmel"] = json.loads((out / "logmel.json").read_text())
 
     results["seconds"] = round(time.time() - t_start, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -358,8 +373,9 @@ def report(res: dict) -> str:
               f"(single thread)."]
     if "attack" in res:
         parts += ["", "## Empirical robustness: PGD-l2 at the waveform (EOT against the smoothed classifier)", "",
-                  md_table(["target", "l2 eps", "clean correct", "fooled", "abstained"],
-                           [[k.split("@eps")[0], v["eps"], v["clean_correct"], v["success"], v.get("abstain", "-")]
+                  md_table(["target", "waveform l2 eps", "clean correct", "fooled", "abstained", "l2 moved at the representation"],
+                           [[k.split("@eps")[0], v["eps"], v["clean_correct"], v["success"], v.get("abstain", "-"),
+                             f"{v['representation_l2']:.3f}" if "representation_l2" in v else "-"]
                             for k, v in res["attack"].items()]),
                   "", f"Smoothed classifiers use the {res.get('attack_head', 'clean')} head; success counts only "
                   "points the (smoothed) model classified correctly before the attack; PGD steps "

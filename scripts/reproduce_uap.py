@@ -37,13 +37,13 @@ def parse():
     p.add_argument("--modes", default="untargeted,targeted")
     p.add_argument("--target", default="3", help="target class name or index for the targeted runs")
     p.add_argument("--min-accuracy", type=float, default=0.95)
-    p.add_argument("--n-craft", type=int, default=300)
+    p.add_argument("--n-craft", type=int, default=200)
     p.add_argument("--n-test", type=int, default=0, help="test clips (0: whole test split)")
     p.add_argument("--delta", type=float, default=0.1)
     # penalty
-    p.add_argument("--c", type=float, default=None, help="penalty coefficient (default: paper's 0.2 / 0.15)")
+    p.add_argument("--c", type=float, default=3.0, help="penalty coefficient (paper: 0.2 / 0.15; see notes/universal.md)")
     p.add_argument("--kappa", type=float, default=None, help="default: paper's 40 / 10")
-    p.add_argument("--lr", type=float, default=0.001)
+    p.add_argument("--lr", type=float, default=0.0003, help="Adam step size (not given in the paper)")
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=100)
     # iterative
@@ -56,6 +56,10 @@ def parse():
     p.add_argument("--runs", default="results/uap_runs.jsonl")
     p.add_argument("--report", default="results/uap.md")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from the runs file")
+    p.add_argument("--figures", default="", help="DATA:ARCH (e.g. fsdd:logmel-cnn): also run the sweeps of Fig. 1 "
+                                                 "(kappa) and Fig. 2 (number of crafting points), untargeted")
+    p.add_argument("--sweep-points", default="10,30,100,200")
+    p.add_argument("--sweep-kappa", default="0.5,1,2,5,10,40")
     return p.parse_args()
 
 
@@ -147,6 +151,62 @@ def run_all(args, runs_path: Path):
                           f"dB_x {mt['mean_db_x']:.2f}, {len(hist)} it, {wall:.0f} s", flush=True)
 
 
+def figures(args) -> list[str]:
+    """Fig. 1 (success vs kappa, penalty) and Fig. 2 (success vs crafting points, both methods), untargeted."""
+    from audioadv.attacks import universal as U
+    from audioadv.attacks.universal_eval import evaluate, plot_curve
+    from audioadv.data import load_dataset
+    from audioadv.models.checkpoint import load_checkpoint
+
+    data, arch = args.figures.split(":", 1)
+    spec = DATA[data] if not (data == "fsdd" and args.fsdd) else f"fsdd:{args.fsdd}"
+    ckpt = Path(args.zoo) / f"{data}-{arch}"
+    model, cfg = load_checkpoint(ckpt)
+    model.eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    length, sr = int(cfg["input_length"]), int(cfg.get("sample_rate", 16000))
+    tr = load_dataset(spec, "train", input_length=length, sample_rate=sr)
+    te = load_dataset(spec, "test", input_length=length, sample_rate=sr)
+    path = Path(args.runs).with_name("uap_figures.jsonl")
+    rows = [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+    have = {(r["sweep"], r["method"], r["value"]) for r in rows}
+    g = torch.Generator().manual_seed(args.seed)
+    perm = torch.randperm(len(tr), generator=g)
+    jobs = [("points", m, int(n)) for n in args.sweep_points.split(",") for m in ("penalty", "iterative")]
+    jobs += [("kappa", "penalty", float(k)) for k in args.sweep_kappa.split(",")]
+    for sweep, method, value in jobs:
+        if (sweep, method, value) in have:
+            continue
+        n = value if sweep == "points" else args.n_craft
+        craft = tr.subset(perm[:n].sort().values)
+        if method == "penalty":
+            kw = dict(c=args.c, kappa=value if sweep == "kappa" else args.kappa, lr=args.lr, max_iter=args.max_iter,
+                      batch_size=args.batch_size)
+        else:
+            kw = dict(xi=args.xi, max_passes=args.max_passes, batch_size=args.inner_batch, attack=args.inner)
+        print(f"[figures] {arch} {method} {sweep}={value} ...", flush=True)
+        t0 = time.perf_counter()
+        v, hist = U.craft(method, model, craft, delta=args.delta, seed=args.seed, progress=False, **kw)
+        m = evaluate(model, v, te)
+        row = {"sweep": sweep, "method": method, "value": value, "arch": arch, "data": data, "n_points": n,
+               "kappa": kw.get("kappa"), "iterations": len(hist), "wall_s": time.perf_counter() - t0,
+               "success_rate": m["success_rate"], "mean_snr": m["mean_snr"], "mean_db_x": m["mean_db_x"]}
+        with path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        rows.append(row)
+    out = []
+    pts = [r for r in rows if r["sweep"] == "points"]
+    if pts:
+        out.append(str(plot_curve(pts, "n_points", Path(args.report).with_name("uap_points.png"), series_key="method",
+                                  logx=True, xlabel="crafting points", title=f"{data} {arch}, untargeted (Fig. 2)")))
+    kap = [r for r in rows if r["sweep"] == "kappa"]
+    if kap:
+        out.append(str(plot_curve(kap, "kappa", Path(args.report).with_name("uap_kappa.png"), logx=True,
+                                  xlabel="kappa", title=f"{data} {arch}, penalty, untargeted (Fig. 1)")))
+    return out
+
+
 def report(args, runs_path: Path) -> str:
     from audioadv.attacks.universal_eval import two_proportion_ztest
 
@@ -219,7 +279,23 @@ def main() -> int:
     runs_path.parent.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         run_all(args, runs_path)
-    print(report(args, runs_path))
+    text = report(args, runs_path)
+    if args.figures:
+        for png in figures(args):
+            print(f"figure: {png}")
+    fig_rows = Path(args.runs).with_name("uap_figures.jsonl")
+    if fig_rows.exists():
+        rows = [json.loads(l) for l in fig_rows.read_text().splitlines()]
+        lines = ["## Sweeps (Figs. 1-2 style; untargeted, test set)", "",
+                 "![crafting points](uap_points.png) ![kappa](uap_kappa.png)", "",
+                 "| sweep | method | value | test success | mean SNR (dB) | mean dB_x | iterations | time (s) |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (r["sweep"], r["method"], r["value"])):
+            lines.append(f"| {r['sweep']} | {r['method']} | {r['value']:g} | {r['success_rate']:.3f} | "
+                         f"{r['mean_snr']:.2f} | {r['mean_db_x']:.2f} | {r['iterations']} | {r['wall_s']:.0f} |")
+        text += "\n" + "\n".join(lines) + "\n"
+        Path(args.report).write_text(text)
+    print(text)
     return 0
 
 

@@ -91,8 +91,8 @@ def test_sparse_wrapper_reaches_target_at_the_sparsity(toy):
         nz = ((adv - x) != 0).sum(1)
         assert (nz <= torch.floor(0.6 * lengths)).all()
         assert all(i >= 18 for i in info["iterations"])                 # only after the ramp (18 steps)
-    if attack is ipc:
-        assert ((adv - x).abs() <= x.abs() + 1e-7).all()
+        if attack is ipc:
+            assert ((adv - x).abs() <= x.abs() + 1e-7).all()
 
 
 def test_imperceptible_reaches_target_and_lowers_the_masking_loss(toy):

@@ -104,45 +104,64 @@ def fill_info(info: dict | None, tracker: Tracker, seconds: float, **extra) -> N
 def optimize(model, x, lengths, mask, texts, *, targeted: bool, box: Callable[[torch.Tensor], torch.Tensor],
              on_success: Callable[[torch.Tensor, torch.Tensor], None] | None, lr: float, max_iter: int,
              c: float, l2_weight: float, project, delta_init: torch.Tensor | None = None,
-             extra_loss: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+             extra_loss: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
              after_check: Callable[[torch.Tensor, int], None] | None = None,
              stop_after: int | None = None, tracker: Tracker | None = None) -> Tracker:
     """Adam on delta for `max_iter` steps of  l2_weight * ||delta||^2 + c * CTC(x + delta, texts)
-    (+ extra_loss), CTC negated when untargeted. After every step: delta <- project(box(delta)).
+    (+ extra_loss(delta_active, step, active_index)), CTC negated when untargeted. After every
+    step: delta <- project(box(delta)).
 
     `box(delta)` is the attack's own constraint (CW: |delta| <= tau, IPC: |delta| <= r |x|);
-    `on_success(ok, delta)` may tighten it when the target is reached. `stop_after`: end once
-    every utterance has `stop_after` recorded successes.
+    `on_success(ok, delta)` may tighten it when the target is reached. `stop_after`: an utterance
+    that has succeeded that many times is frozen and leaves the batch (saves time; the loop ends
+    when none is left).
     """
     refs = normalize_texts(model, texts)
-    targets, tlen = encode_targets(model, refs)
-    targets, tlen = targets.to(x.device), tlen.to(x.device)
+    seqs = [model.encode_text(r) for r in refs]
+    for t, q in zip(texts, seqs):
+        if not q:
+            raise ValueError(f"transcript {t!r} has no character the recogniser knows")
     delta = (torch.zeros_like(x) if delta_init is None else delta_init.detach().clone()) * mask
     delta.requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=lr)
     tracker = tracker or Tracker(x, max_iter)
+    active = torch.ones(len(x), dtype=torch.bool, device=x.device)
     for step in range(max_iter):
-        adv = (x + delta * mask).clamp(LOW, HIGH)
-        d = adv - x
-        loss_ctc, hyps = ctc_objective(model, adv, lengths, targets, tlen)
-        ok = success_mask(hyps, refs, targeted, x.device)
+        idx = active.nonzero().flatten()
+        if len(idx) == 0:
+            break
+        sub = idx.tolist()
+        targets = torch.tensor([i for j in sub for i in seqs[j]], dtype=torch.long, device=x.device)
+        tlen = torch.tensor([len(seqs[j]) for j in sub], dtype=torch.long, device=x.device)
+        xa = x[idx]
+        adv = (xa + delta[idx] * mask[idx]).clamp(LOW, HIGH)
+        d = adv - xa
+        loss_ctc, hyps = ctc_objective(model, adv, lengths[idx], targets, tlen)
+        ok = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        ok[idx] = success_mask(hyps, [refs[j] for j in sub], targeted, x.device)
         if ready(project, step, max_iter):
-            tracker.update(ok, d, step)
+            full = torch.zeros_like(x)
+            full[idx] = d.detach()
+            tracker.update(ok, full, step)
             if on_success is not None and ok.any():
-                on_success(ok, d.detach())
+                on_success(ok, full)
         if after_check is not None:
             after_check(ok, step)
-        if stop_after is not None and bool((tracker.count >= stop_after).all()):
-            break
         obj = (c * loss_ctc if targeted else -c * loss_ctc) + l2_weight * (d * d).sum(1)
         if extra_loss is not None:
-            obj = obj + extra_loss(d, step)
+            obj = obj + extra_loss(d, step, idx)
+        frozen = ~active
+        keep = delta.detach()[frozen].clone() if frozen.any() else None
         opt.zero_grad()
         obj.sum().backward()
         opt.step()
         with torch.no_grad():
+            if keep is not None:
+                delta[frozen] = keep
             new = box(delta * mask)
             delta.copy_(apply_project(project, new, step, max_iter, lengths) * mask)
+        if stop_after is not None:
+            active = active & (tracker.count.to(x.device) < stop_after)
     return tracker
 
 

@@ -27,7 +27,8 @@ def imperceptible(model, inputs, labels: Sequence[str], *, targeted: bool = True
                   tau: float = 0.05, lr_stage1: float = 1e-3, max_iter_stage1: int = 1000, c: float = 1.0,
                   lr_stage2: float = 1e-4, max_iter_stage2: int = 4000, alpha: float = 0.05,
                   alpha_up: float = 1.2, alpha_down: float = 0.8, up_every: int = 20, down_every: int = 50,
-                  alpha_min: float = 5e-4, loss_scale: float = 1.0, project=None, info: dict | None = None):
+                  alpha_min: float = 5e-4, loss_scale: float = 1.0, stop_after: int | None = None, project=None,
+                  info: dict | None = None):
     """Qin et al. 2019 attack (two stages, see module docstring), batched with masks.
 
     lr_stage1 / lr_stage2: Adam steps (Qin: 100 and 1 on the int16 scale, 1000 and 4000 steps).
@@ -40,7 +41,7 @@ def imperceptible(model, inputs, labels: Sequence[str], *, targeted: bool = True
     x, lengths, mask, rebuild = _ctc.prepare(model, inputs, labels, lengths, "imperceptible")
     info1: dict = {}
     adv1 = cw_ctc(model, x, labels, targeted=targeted, lengths=lengths, tau=tau, lr=lr_stage1,
-                  max_iter=max_iter_stage1, c=c, l2_weight=0.0, project=project, info=info1)
+                  max_iter=max_iter_stage1, c=c, l2_weight=0.0, project=project, stop_after=stop_after, info=info1)
     d1 = (adv1 - x) * mask
     ok1 = torch.tensor(info1["success"], dtype=torch.bool, device=x.device)
     bound = torch.tensor(info1["tau"], dtype=x.dtype, device=x.device) / 0.8  # last successful bound
@@ -52,8 +53,8 @@ def imperceptible(model, inputs, labels: Sequence[str], *, targeted: bool = True
     def box(d):
         return torch.maximum(torch.minimum(d, bound[:, None]), -bound[:, None])
 
-    def extra(d, step):
-        return a * loss_scale * masking_loss(d, theta, psd_max, lengths)
+    def extra(d, step, idx):
+        return a[idx] * loss_scale * masking_loss(d, theta[idx], psd_max[idx], lengths[idx])
 
     def after_check(ok, step):
         state["ok"] = ok

@@ -142,7 +142,8 @@ def iterative(model, data, *, targeted: int | None = None, p: float = math.inf, 
     max_passes: passes over the crafting points (paper: 100). attack: inner minimal attack
     ("ddn", paper setting 50 steps and initial norm 0.2; "deepfool"; "cw"), with ``attack_kwargs``.
     batch_size: points whose extra perturbations are found together against the same v and then
-    summed (1 = the paper's sequential algorithm; larger is faster, an approximation).
+    summed (1 = the paper's sequential algorithm; larger is faster, an approximation). An extra
+    perturbation is added only when the inner attack reached its goal (as in ART's implementation).
     seed: order of the points. callback(v, record) is called after each pass.
     Returns (v, history): v (T,) and one record per pass.
     """
@@ -179,10 +180,15 @@ def iterative(model, data, *, targeted: int | None = None, p: float = math.inf, 
             if fooled.all():
                 continue
             sel = (~fooled).nonzero().flatten()
-            adv = inner(model, cur[sel], inner_labels[idx][sel], targeted=t is not None, **kwargs)
-            r = (adv - cur[sel]).detach().sum(0)
+            lab = inner_labels[idx][sel]
+            adv = inner(model, cur[sel], lab, targeted=t is not None, **kwargs).detach()
+            with torch.no_grad():  # keep only the extra perturbations that reached their goal
+                ok = is_adversarial(model(adv).argmax(1), lab, t is not None)
+            if not ok.any():
+                continue
+            r = (adv[ok] - cur[sel][ok]).sum(0)
             v = project(v + r, p, xi)
-            added += len(sel)
+            added += int(ok.sum())
         rate = success_rate(model, waves, v, ref, target=t, batch_size=eval_batch_size)
         rec = {"pass": k + 1, "success_rate": rate, "updates": added,
                "time_s": time.perf_counter() - start, **_summary(v)}

@@ -1,7 +1,7 @@
 """`audioadv train-asr` and `audioadv eval-asr`: the character CTC speech recogniser.
 
     audioadv train-asr --data synth-phrases --out runs/asr
-    audioadv train-asr --data 'synth-phrases?n=5000' --data 'synth-phrases?source=open&n=11000' --out runs/asr
+    audioadv train-asr --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --epochs 3 --out runs/asr
     audioadv train-asr --data librispeech:PATH --out runs/asr-libri
     audioadv eval-asr runs/asr --data synth-phrases --split test
 """
@@ -44,7 +44,7 @@ def register(sub) -> None:
     e.set_defaults(func=run_eval)
 
 
-DEFAULT_TRAIN = ["synth-phrases?n=5000", "synth-phrases?source=open&n=11000"]
+DEFAULT_TRAIN = ["synth-phrases?n=4000", "synth-phrases?source=open&n=9000"]
 DEFAULT_EVAL = ["synth-phrases", "synth-phrases?source=open-unseen&n=2000"]
 
 

@@ -106,7 +106,7 @@ def run_models(args) -> int:
         m = models.create(name, num_classes=10, input_length=16000)
         n = sum(p.numel() for p in m.parameters())
         doc = (type(m).__doc__ or "").strip().splitlines()[0]
-        print(f"{name:12s} {n:>9,} params  split at: {', '.join(m.representations()):30s} {doc}")
+        print(f"{name:20s} {n:>9,} params  split at: {', '.join(m.representations()):30s} {doc}")
     return 0
 
 

@@ -145,7 +145,7 @@ _THREAD = threading.local()
 
 
 def engine() -> _Engine:
-    """The calling thread's private engine (see `use_private_engine`), else the shared one."""
+    """The engine bound to the calling thread (`bind_engine`), else the shared one."""
     global _ENGINE
     private = getattr(_THREAD, "engine", None)
     if private is not None:
