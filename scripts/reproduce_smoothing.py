@@ -47,7 +47,7 @@ MODES = {
                     predict_n=50, attack_eps=(0.5,), attack_configs=(("spectrogram", 0.10),), heads=("clean",),
                     logmel_epochs=0),
     "session": dict(per_speaker=1, n0=20, n=200, batch=128, aug_draws=2, attack_points=10, attack_steps=10, eot=8,
-                    predict_n=100, attack_eps=(0.1, 0.5, 2.0), heads=("clean", "matched"), logmel_epochs=6,
+                    predict_n=100, attack_eps=(0.1, 0.5, 2.0), heads=("clean", "matched"), logmel_epochs=20,
                     attack_configs=(("spectrogram", 0.10), ("spectrogram", 0.25), ("waveform", 0.01))),
     "full":    dict(per_speaker=0, n0=500, n=10000, batch=1000, aug_draws=4, attack_points=50, attack_steps=40, eot=32,
                     predict_n=1000, attack_eps=(0.1, 0.5, 2.0), heads=("clean", "matched"), logmel_epochs=20,
@@ -118,7 +118,7 @@ def pick(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
     return torch.cat(idx)
 
 
-def train_logmel(xtr, ytr, xte, yte, classes, epochs: int, out: Path, seed: int) -> dict:
+def train_logmel(xtr, ytr, xte, yte, classes, epochs: int, out: Path, seed: int, cert: dict | None = None) -> dict:
     """The zoo's logmel-cnn trained from scratch on the segments, without and with Gaussian
     augmentation at each representation and sigma (audioadv.train.fit's noise_sigma / noise_at);
     natural (clean test) accuracy and accuracy under the training noise."""
@@ -145,6 +145,12 @@ def train_logmel(xtr, ytr, xte, yte, classes, epochs: int, out: Path, seed: int)
             with torch.no_grad():
                 z = front(xte)
                 row["noisy_test"] = accuracy(back(z + sigma * torch.randn(z.shape, generator=g)), yte)
+        if sigma and cert:   # certify the model trained at this noise, at this noise (Cohen et al.)
+            pts = cert["points"]
+            rows = certify_dataset(Smooth(model.eval(), len(classes), sigma, at=at), xte[pts], yte[pts],
+                                   out / "certify" / "logmel-cnn-matched" / results_name(at, sigma, cert["n"]),
+                                   n0=cert["n0"], n=cert["n"], alpha=0.001, batch_size=cert["batch"], seed=seed)
+            row["certify"] = summarize(rows, (0.0,) + TABLE_RADII)
         res[key] = row
         print(f"  logmel-cnn {key}: {row}", flush=True)
     stats_model = models.create("logmel-cnn", num_classes=len(classes), input_length=SEGMENT).eval()
@@ -328,7 +334,8 @@ def main(argv=None) -> int:
         results["attack"] = att
 
     if cfg["logmel_epochs"] and not args.skip_logmel:
-        results["logmel"] = train_logmel(xtr, ytr, xte, yte, classes, cfg["logmel_epochs"], out, args.seed)
+        results["logmel"] = train_logmel(xtr, ytr, xte, yte, classes, cfg["logmel_epochs"], out, args.seed,
+                                         cert={"points": pts, "n0": cfg["n0"], "n": cfg["n"], "batch": cfg["batch"]})
         (out / "logmel.json").write_text(json.dumps(results["logmel"], indent=2) + "\n")
     elif (out / "logmel.json").exists():
         results["logmel"] = json.loads((out / "logmel.json").read_text())
@@ -388,6 +395,14 @@ def report(res: dict) -> str:
                   md_table(["noise at"] + [f"sigma = {s:g}" for s in SIGMAS],
                            [[at] + [f"{lm[f'{at}@{s:g}']['clean_test']:.2f} / {lm[f'{at}@{s:g}']['noisy_test']:.2f}"
                                     for s in SIGMAS] for at in REPS]), "",
+                  ]
+        for at in REPS:
+            parts += ["", f"logmel-cnn certified accuracy, noise at the {at}, model trained with the same noise:", "",
+                      md_table(["sigma (max radius)"] + [f"r = {r:g}" for r in TABLE_RADII],
+                               [[f"{s:g} ({mr[s]:.3f})"] + [lm[f"{at}@{s:g}"]["certify"]["certified_accuracy"][str(r)]
+                                                            for r in TABLE_RADII] for s in SIGMAS if
+                                "certify" in lm[f"{at}@{s:g}"]])]
+        parts += ["",
                   "logmel-cnn representation statistics (its fbank is the log mel energies before normalisation):", "",
                   md_table(["representation", "dim", "range", "1-99th pctl. range", "mean", "sd"],
                            [[k, int(v["dim"]), f"{v['min']:.4g}, {v['max']:.4g}", f"{v['p1']:.4g}, {v['p99']:.4g}",

@@ -40,9 +40,9 @@ def attack_kwargs(name: str, args) -> dict:
                 lr_stage2=args.lr_stage2, max_iter_stage2=args.max_iter_stage2, stop_after=args.stop_after)
 
 
-def select(model, data, n: int, seed: int):
-    """First n utterances (seeded order) transcribed correctly, each with a target from another
-    phrase: different text, at most as many characters."""
+def select(model, data, n: int, seed: int, require_correct: bool = True):
+    """First n utterances (seeded order) transcribed correctly (any, with require_correct=False),
+    each with a target from another phrase: different text, at most as many characters."""
     order = list(range(len(data)))
     random.Random(seed).shuffle(order)
     refs = [model.normalize_text(t) for t in data.texts]
@@ -51,7 +51,7 @@ def select(model, data, n: int, seed: int):
         idx = order[start:start + 64]
         wav, lengths, _ = data.batch(idx)
         for i, hyp in zip(idx, transcribe(model, wav, lengths)):
-            if hyp == refs[i] and len(chosen) < n:
+            if (hyp == refs[i] or not require_correct) and len(chosen) < n:
                 chosen.append(i)
         if len(chosen) >= n:
             break
@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="synth-phrases")
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=50)
+    p.add_argument("--any-utterance", action="store_true",
+                   help="also attack utterances the model gets wrong (default: only correct ones)")
     p.add_argument("--attacks", default="cw,ipc,imperceptible")
     p.add_argument("--sparsity", default="0,0.3,0.4,0.5", help="0 = dense")
     p.add_argument("--ramp", type=float, default=0.3)
@@ -107,7 +109,9 @@ def main(argv=None) -> int:
 
     model = load_recognizer(args.model)
     data = load_utterances(args.data, args.split)
-    chosen, originals, targets = select(model, data, args.n, args.seed)
+    chosen, originals, targets = select(model, data, args.n, args.seed, not args.any_utterance)
+    if not chosen:
+        raise SystemExit(f"the recogniser {args.model} transcribes none of the {args.split} utterances correctly")
     if len(chosen) < args.n:
         print(f"only {len(chosen)} of {len(data)} {args.split} utterances are transcribed correctly", file=sys.stderr)
     settings = {k: v for k, v in vars(args).items()}

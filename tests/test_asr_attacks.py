@@ -67,6 +67,10 @@ def test_cw_reaches_target_within_its_bound(toy):
     assert all(r["success"] and r["cer_target"] == 0 and r["cer_original"] > 0 for r in rep)
     assert all(r["snr_db"] > 10 and r["db_x"] < 0 and 0 < r["l0"] <= 1 for r in rep)
     assert all(0 <= r["iterations"] < 60 for r in rep)
+    # stop_after: an utterance leaves the batch after that many successes
+    info2 = {}
+    adv2 = cw_ctc(model, x, TGT, lengths=lengths, tau=0.2, lr=3e-3, max_iter=60, stop_after=2, info=info2)
+    assert info2["successes"] == [2, 2] and transcribe(model, adv2, lengths) == TGT
 
 
 def test_ipc_bound_holds_sample_by_sample(toy):

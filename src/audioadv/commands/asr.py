@@ -29,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--channels", type=int, default=192)
     p.add_argument("--n-mels", type=int, default=40)
     p.add_argument("--val-limit", type=int, default=300, help="validation utterances per epoch")
+    p.add_argument("--init", help="start from this checkpoint folder (continue training; sizes from its config)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.set_defaults(func=run_train)
@@ -65,11 +66,17 @@ def run_train(args) -> int:
     step = max(1, len(val) // args.val_limit)
     val = val.subset(list(range(0, len(val), step)))
     print(f"data ready in {time.time() - t0:.0f} s", flush=True)
+    init = None
+    if args.init:
+        from ..models.asr import load_recognizer
+        init = load_recognizer(args.init)
+        print(f"starting from {args.init}", flush=True)
     model, summary = train_recognizer(
-        train, val, args.out, epochs=args.epochs, minutes=args.minutes, lr=args.lr,
+        train, val, args.out, epochs=args.epochs, minutes=args.minutes, lr=args.lr, model=init,
         batch_seconds=args.batch_seconds, seed=args.seed, val_limit=args.val_limit,
         model_kwargs=dict(hidden=args.hidden, channels=args.channels, n_mels=args.n_mels))
-    summary.update(data=specs, train_utterances=len(train), threads=args.threads)
+    summary.update(data=specs, train_utterances=len(train), threads=args.threads, init=args.init,
+                   batch_seconds=args.batch_seconds, lr=args.lr)
     Path(args.out, "train_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return 0
