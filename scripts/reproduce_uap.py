@@ -48,7 +48,8 @@ def parse():
     p.add_argument("--batch-size", type=int, default=100)
     # iterative
     p.add_argument("--max-passes", type=int, default=3)
-    p.add_argument("--inner-batch", type=int, default=25)
+    p.add_argument("--inner-batch", type=int, default=10, help="iterative: points attacked together (1 = paper)")
+    p.add_argument("--aggregate", default="mean", help="iterative: how a batch's extra perturbations combine")
     p.add_argument("--inner", default="ddn")
     p.add_argument("--xi", type=float, default=None, help="iterative l_inf radius (default: paper's 0.2 / 0.12)")
     p.add_argument("--seed", type=int, default=0)
@@ -127,7 +128,7 @@ def run_all(args, runs_path: Path):
                                   batch_size=args.batch_size)
                     else:
                         kw = dict(xi=args.xi, max_passes=args.max_passes, batch_size=args.inner_batch,
-                                  attack=args.inner)
+                                  attack=args.inner, aggregate=args.aggregate)
                     print(f"[{data}] {arch} {method} {mode} ...", flush=True)
                     t0 = time.perf_counter()
                     v, hist = U.craft(method, model, craft, targeted=t, delta=args.delta, seed=args.seed,
@@ -184,7 +185,8 @@ def figures(args) -> list[str]:
             kw = dict(c=args.c, kappa=value if sweep == "kappa" else args.kappa, lr=args.lr, max_iter=args.max_iter,
                       batch_size=args.batch_size)
         else:
-            kw = dict(xi=args.xi, max_passes=args.max_passes, batch_size=args.inner_batch, attack=args.inner)
+            kw = dict(xi=args.xi, max_passes=args.max_passes, batch_size=args.inner_batch, attack=args.inner,
+                      aggregate=args.aggregate)
         print(f"[figures] {arch} {method} {sweep}={value} ...", flush=True)
         t0 = time.perf_counter()
         v, hist = U.craft(method, model, craft, delta=args.delta, seed=args.seed, progress=False, **kw)

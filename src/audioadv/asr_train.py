@@ -108,11 +108,12 @@ def _augment(wav: torch.Tensor, lengths: torch.Tensor, g: torch.Generator) -> to
 def train_recognizer(train: Utterances, val: Utterances, out: str | Path, *, epochs: int = 30,
                      minutes: float | None = None, lr: float = 2e-3, batch_seconds: float = 160.0,
                      seed: int = 0, model: CTCRecognizer | None = None, model_kwargs: dict | None = None,
-                     val_limit: int = 300, log=print) -> tuple[CTCRecognizer, dict]:
+                     val_limit: int = 300, stop_epoch: int | None = None, log=print) -> tuple[CTCRecognizer, dict]:
     """Train a `CTCRecognizer` on `train`, keep the epoch with the lowest CER on `val`.
 
     `batch_seconds` of audio per batch; `minutes` (if given) stops after that wall time and
     sets the one-cycle schedule to it by estimating the number of steps from the first epoch.
+    `stop_epoch` ends training after that epoch while keeping the schedule of `epochs`.
     Returns the best model and a summary (best CER, epochs, training seconds).
     """
     torch.manual_seed(seed)
@@ -165,6 +166,9 @@ def train_recognizer(train: Utterances, val: Utterances, out: str | Path, *, epo
         if res["cer"] < best_cer:
             best_cer, best = res["cer"], {k: v.clone() for k, v in model.state_dict().items()}
             save_recognizer(model, out, {"val_cer": best_cer, "epoch": epoch + 1})
+        if stop_epoch is not None and epoch + 1 >= stop_epoch:
+            log(f"stopping after epoch {epoch + 1} (--stop-epoch)")
+            break
         if minutes is not None and elapsed > minutes * 60:
             log(f"time budget of {minutes} min reached after epoch {epoch + 1}")
             break

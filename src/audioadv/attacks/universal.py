@@ -133,7 +133,7 @@ def _summary(v: torch.Tensor) -> dict:
 # ----------------------------------------------------------------------------- iterative (Sec. 3.1)
 def iterative(model, data, *, targeted: int | None = None, p: float = math.inf, xi: float | None = None,
               delta: float = 0.1, max_passes: int = 100, attack: str | Callable = "ddn",
-              attack_kwargs: dict | None = None, batch_size: int = 1, seed: int = 0,
+              attack_kwargs: dict | None = None, batch_size: int = 1, aggregate: str = "mean", seed: int = 0,
               eval_batch_size: int = 100, progress: bool = True, callback: Callable | None = None):
     """Iterative greedy universal perturbation (Abdoli et al. Sec. 3.1, Eqs. 1-3).
 
@@ -142,13 +142,16 @@ def iterative(model, data, *, targeted: int | None = None, p: float = math.inf, 
     max_passes: passes over the crafting points (paper: 100). attack: inner minimal attack
     ("ddn", paper setting 50 steps and initial norm 0.2; "deepfool"; "cw"), with ``attack_kwargs``.
     batch_size: points whose extra perturbations are found together against the same v and then
-    summed (1 = the paper's sequential algorithm; larger is faster, an approximation). An extra
+    combined by ``aggregate`` ("mean" or "sum") before the projection (1 = the paper's sequential
+    algorithm; larger is faster, an approximation: "sum" overshoots, each r_i alone already fools x_i). An extra
     perturbation is added only when the inner attack reached its goal (as in ART's implementation).
     seed: order of the points. callback(v, record) is called after each pass.
     Returns (v, history): v (T,) and one record per pass.
     """
     from tqdm import tqdm
 
+    if aggregate not in ("mean", "sum"):
+        raise ValueError(f"aggregate must be 'mean' or 'sum', not {aggregate!r}")
     waves, labels = as_tensors(data)
     t = None if targeted is None else int(targeted)
     _check_target(model, waves, t)
@@ -186,7 +189,8 @@ def iterative(model, data, *, targeted: int | None = None, p: float = math.inf, 
                 ok = is_adversarial(model(adv).argmax(1), lab, t is not None)
             if not ok.any():
                 continue
-            r = (adv[ok] - cur[sel][ok]).sum(0)
+            r = (adv[ok] - cur[sel][ok])
+            r = r.mean(0) if aggregate == "mean" else r.sum(0)
             v = project(v + r, p, xi)
             added += int(ok.sum())
         rate = success_rate(model, waves, v, ref, target=t, batch_size=eval_batch_size)

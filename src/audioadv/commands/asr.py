@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/asr")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--minutes", type=float, default=None, help="stop after this wall time (checked per epoch)")
+    p.add_argument("--stop-epoch", type=int, default=None,
+                   help="stop after this epoch, keeping the learning-rate schedule of --epochs")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-seconds", type=float, default=160.0, help="seconds of audio per batch")
     p.add_argument("--hidden", type=int, default=160)
@@ -73,7 +75,7 @@ def run_train(args) -> int:
         print(f"starting from {args.init}", flush=True)
     model, summary = train_recognizer(
         train, val, args.out, epochs=args.epochs, minutes=args.minutes, lr=args.lr, model=init,
-        batch_seconds=args.batch_seconds, seed=args.seed, val_limit=args.val_limit,
+        batch_seconds=args.batch_seconds, seed=args.seed, val_limit=args.val_limit, stop_epoch=args.stop_epoch,
         model_kwargs=dict(hidden=args.hidden, channels=args.channels, n_mels=args.n_mels))
     summary.update(data=specs, train_utterances=len(train), threads=args.threads, init=args.init,
                    batch_seconds=args.batch_seconds, lr=args.lr)

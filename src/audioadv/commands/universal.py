@@ -36,6 +36,8 @@ def register(sub) -> None:
     p.add_argument("--inner", choices=["ddn", "deepfool", "cw"], default="ddn", help="iterative: inner minimal attack")
     p.add_argument("--max-passes", type=int, default=100, help="iterative: passes over the crafting points")
     p.add_argument("--inner-batch", type=int, default=1, help="iterative: points attacked together (1 = paper)")
+    p.add_argument("--aggregate", choices=["mean", "sum"], default="mean",
+                   help="iterative: how the extra perturbations of one inner batch are combined")
     p.add_argument("--examples", type=int, default=5, help="perturbed test examples saved as WAV")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
@@ -121,7 +123,7 @@ def run_universal(args) -> int:
                   box=args.box, xi=args.xi, p=2 if p is None else p)
     else:
         kw = dict(xi=args.xi, p=math.inf if p is None else p, attack=args.inner, max_passes=args.max_passes,
-                  batch_size=args.inner_batch)
+                  batch_size=args.inner_batch, aggregate=args.aggregate)
     t0 = time.perf_counter()
     v, history = U.craft(args.method, model, craft_ds, targeted=target, delta=args.delta, seed=args.seed,
                          progress=not args.quiet, callback=log, **kw)
