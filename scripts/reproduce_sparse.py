@@ -46,22 +46,31 @@ def select(model, data, n: int, seed: int, require_correct: bool = True):
     order = list(range(len(data)))
     random.Random(seed).shuffle(order)
     refs = [model.normalize_text(t) for t in data.texts]
-    chosen = []
+    chosen, wrong = [], []
     for start in range(0, len(order), 64):
         idx = order[start:start + 64]
         wav, lengths, _ = data.batch(idx)
         for i, hyp in zip(idx, transcribe(model, wav, lengths)):
-            if (hyp == refs[i] or not require_correct) and len(chosen) < n:
+            if (hyp == refs[i] or not require_correct) and len(chosen) < n + 5:
                 chosen.append(i)
-        if len(chosen) >= n:
+            elif hyp != refs[i]:
+                wrong.append(i)
+        if len(chosen) >= n + 5:
             break
+    if len(chosen) < n + 5:  # top up with utterances the model gets wrong (the report says how many)
+        print(f"only {len(chosen)} of {len(data)} utterances are transcribed correctly; "
+              f"topping up with others", file=sys.stderr)
+        chosen += wrong[:n + 5 - len(chosen)]
     rng = random.Random(seed + 1)
     pool = sorted(set(refs))
-    targets = []
+    kept, targets = [], []
     for i in chosen:
         options = [t for t in pool if t != refs[i] and len(t) <= len(refs[i])]
-        targets.append(rng.choice(options))
-    return chosen, [refs[i] for i in chosen], targets
+        if options:  # the very shortest phrases have no shorter target and are left out
+            kept.append(i)
+            targets.append(rng.choice(options))
+    kept, targets = kept[:n], targets[:n]
+    return kept, [refs[i] for i in kept], targets
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -81,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--any-utterance", action="store_true",
-                   help="also attack utterances the model gets wrong (default: only correct ones)")
+                   help="attack utterances whether or not the model gets them right (default: correct ones "
+                        "first, topped up with others when there are fewer than N)")
     p.add_argument("--attacks", default="cw,ipc,imperceptible")
     p.add_argument("--sparsity", default="0,0.3,0.4,0.5", help="0 = dense")
     p.add_argument("--ramp", type=float, default=0.3)
