@@ -51,7 +51,7 @@ reproduce-uap: $(VENV)/.core
 # 1 CPU thread (checkpoints in runs/zoo/<data>-<model>/, reused by reproduce-uap), appends to
 # results/zoo.jsonl (reruns skip recorded runs) and writes results/zoo.md.
 ZOO_FSDD ?= logmel-cnn cnn1d-gamma sincnet cnn1d-rand sincnet-vgg envnet-v2 spchcmd
-ZOO_SYNTH ?= logmel-cnn cnn1d-gamma sincnet
+ZOO_SYNTH ?= logmel-cnn cnn1d-gamma sincnet cnn1d-rand sincnet-vgg envnet-v2 spchcmd
 reproduce-zoo: $(VENV)/.core
 	$(BIN)/python benchmarks/zoo_accuracy.py --data fsdd:../shared/data/fsdd --models $(ZOO_FSDD) --quiet
 	$(BIN)/python benchmarks/zoo_accuracy.py --data synth-commands --models $(ZOO_SYNTH) --quiet

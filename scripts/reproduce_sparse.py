@@ -138,6 +138,7 @@ def main(argv=None) -> int:
     for name, s in configs:
         cfg = f"{name}" if s == 0 else f"{name}+sparse{s}"
         todo = [j for j in range(len(chosen)) if (cfg, chosen[j]) not in done]
+        todo.sort(key=lambda j: len(data.waves[chosen[j]]))  # similar lengths per batch: less padding
         attack = ATTACKS[name] if s == 0 else sparse(ATTACKS[name], s, ramp=args.ramp)
         for b in tqdm(range(0, len(todo), args.batch_size), desc=cfg):
             js = todo[b:b + args.batch_size]

@@ -100,6 +100,9 @@ def test_penalty_is_deterministic_and_respects_l2_projection(tiny):
     v2, _ = U.penalty(model, craft, **kw)
     assert torch.equal(v1, v2)
     assert v1.norm() <= 0.5 / (1 - 1e-7) + 1e-5
+    # box="clip" (no change of variables) optimises v directly; same projection
+    v3, h3 = U.penalty(model, craft, **{**kw, "box": "clip"})
+    assert v3.shape == v1.shape and v3.norm() <= 0.5 + 1e-5 and not torch.equal(v3, v1) and len(h3) == 5
 
 
 def test_iterative_untargeted_and_targeted(tiny):
