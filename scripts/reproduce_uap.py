@@ -215,7 +215,9 @@ def report(args, runs_path: Path) -> str:
     rows = [json.loads(l) for l in runs_path.read_text().splitlines()] if runs_path.exists() else []
     by = {(r["data"], r["arch"], r["method"], r["mode"]): r for r in rows}
     lines = ["# Universal adversarial perturbations on the zoo (Abdoli et al. Table 1 style)", "",
-             f"Command: `make reproduce-uap` (`python scripts/reproduce_uap.py {' '.join(sys.argv[1:])}`).", ""]
+             "Produced by `make reproduce-uap` (`scripts/reproduce_uap.py`); runs accumulate in "
+             f"`{runs_path}` over resumable invocations (the settings of every run are listed below). "
+             f"Report rebuilt by: `python scripts/reproduce_uap.py {' '.join(sys.argv[1:])}`.", ""]
     for data in sorted({r["data"] for r in rows}):
         archs = sorted({r["arch"] for r in rows if r["data"] == data})
         ex = next(r for r in rows if r["data"] == data)
