@@ -269,6 +269,14 @@ def report(args, runs_path: Path) -> str:
                      and by[(data, a, "penalty", m)]["test"]["mean_snr"] >= 20 for m in ("targeted", "untargeted"))]
         bar.append(f"- {data}: penalty method with test ASR >= 0.85 (targeted and untargeted) at mean SNR >= 20 dB "
                    f"on {len(ok)} architecture(s): {', '.join(ok) or 'none'}")
+    sup = runs_path.with_name(runs_path.stem + "_superseded.jsonl")
+    if sup.exists():
+        lines += ["## Superseded runs (replaced above by a rerun with other settings)", ""]
+        for r in (json.loads(l) for l in sup.read_text().splitlines()):
+            lines.append(f"- {r['data']} {r['arch']} {r['method']} {r['mode']} {json.dumps(r['settings'])}: test success "
+                         f"{r['test']['success_rate']:.3f}, SNR {r['test']['mean_snr']:.2f} dB, {r['iterations']} it. "
+                         f"({r.get('superseded_by', '')})")
+        lines.append("")
     lines += ["## Bar (issue: >= 0.85 at >= 20 dB on at least four architectures)", ""] + bar + [""]
     text = "\n".join(lines)
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
