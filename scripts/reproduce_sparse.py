@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter-stage2", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--summary-only", action="store_true", help="only tabulate the results already in OUT")
     p.add_argument("--out", default="runs/reproduce_sparse")
     return p
 
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
     configs = [(a, s) for a in args.attacks.split(",") for s in sparsities]
     for name, s in configs:
         cfg = f"{name}" if s == 0 else f"{name}+sparse{s}"
-        todo = [j for j in range(len(chosen)) if (cfg, chosen[j]) not in done]
+        todo = [] if args.summary_only else [j for j in range(len(chosen)) if (cfg, chosen[j]) not in done]
         todo.sort(key=lambda j: len(data.waves[chosen[j]]))  # similar lengths per batch: less padding
         attack = ATTACKS[name] if s == 0 else sparse(ATTACKS[name], s, ramp=args.ramp)
         for b in tqdm(range(0, len(todo), args.batch_size), desc=cfg):

@@ -11,7 +11,6 @@ from audioadv.attacks.deepfool import deepfool
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.set_num_threads(1)
     model, _, (x, y) = trained_model()
     keep = model(x).argmax(1) == y
     return model, x[keep][:24], y[keep][:24]

@@ -11,13 +11,6 @@ from audioadv.models.layers import SincConv1d, erb, erb_space, gammatone_filters
 L = 6000  # 0.375 s keeps the tests fast; every architecture accepts other lengths too
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small models: one thread avoids oversubscription on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 REQUIRED = {"cnn1d-rand", "cnn1d-gamma", "sincnet", "sincnet-vgg", "envnet-v2", "spchcmd", "logmel-cnn"}

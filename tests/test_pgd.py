@@ -10,13 +10,6 @@ from audioadv.attacks import fgsm, pgd, pgd_l2, pgd_linf
 T = 400
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small problems: one thread avoids oversubscription on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class Linear(torch.nn.Module):

@@ -12,13 +12,6 @@ from audioadv.certify import (Smooth, NoisySoftmax, certified_accuracy, certify_
                               max_radius, radius, read_results, split_model, summarize)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """LSTM/conv forwards on a shared 2-core machine: one thread avoids oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 

@@ -14,13 +14,6 @@ from audioadv.models.speaker import (ResemblyzerSpeaker, VolumeNorm, fit_head, p
 REF = Path(__file__).parent / "data" / "resemblyzer_reference.json"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """LSTM/conv forwards on a shared 2-core machine: one thread avoids oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 

@@ -15,13 +15,6 @@ from audioadv.train import (TrainConfig, augment_waveform, confusion_matrix, eva
 SR = 16000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # these tests train small models; one thread avoids oversubscription on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tones(n_per_class=20, length=4000, freqs=(300.0, 900.0, 2500.0), seed=0, name="tones"):

@@ -16,7 +16,6 @@ from audioadv.attacks.universal_eval import (evaluate, format_matrix, plot_curve
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.set_num_threads(1)
     model, (xtr, ytr), (xte, yte) = trained_model()
     return model, (xtr[:160], ytr[:160]), (xte, yte)
 
