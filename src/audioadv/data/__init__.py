@@ -77,7 +77,7 @@ def load_dataset(spec: str, split: str = "train", **kwargs) -> AudioDataset:
     if needs_path and not path:
         raise ValueError(f"dataset {name!r} needs a folder: use '{name}:PATH'")
     if path and not Path(path).exists():
-        raise FileNotFoundError(f"dataset {name!r}: folder not found: {path}")
+        raise FileNotFoundError(f"dataset {name!r}: path not found: {path}")
     split = SPLIT_ALIASES.get(split, split)
     return fn(path, split, **{**opts, **kwargs})
 

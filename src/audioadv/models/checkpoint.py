@@ -63,6 +63,8 @@ def load_checkpoint(path, map_location: str = "cpu"):
     from . import create
 
     p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint not found: {p} (expected a folder with {WEIGHTS} and config.json)")
     folder = p if p.is_dir() else p.parent
     if not folder.exists():
         raise FileNotFoundError(f"checkpoint folder not found: {folder}")
