@@ -162,6 +162,20 @@ def test_noisy_softmax_gradient_and_mean():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+def test_noisy_softmax_keeps_gradient_for_confident_models():
+    # a base model 60 logits sure of class 0: mean softmax of the others is ~1e-26, below any clamp
+    class Sure(nn.Module):
+        def forward(self, x):
+            return torch.stack([60 + x.sum(1), x[:, 0], -x[:, 1]], 1)
+
+    sur = NoisySoftmax(Smooth(Sure(), 3, 0.01, at="waveform"), samples=4)
+    x = torch.zeros(2, 5, requires_grad=True)
+    out = sur(x)
+    assert torch.isfinite(out).all() and out[:, 1].max() < -50
+    out[:, 1].sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
 def test_certify_dataset_resumes(tmp_path):
     calls = []
 

@@ -10,6 +10,8 @@ sigma * Phi^-1(pA_lower) (Cohen et al., Theorem 1 with pB = 1 - pA).
 """
 from __future__ import annotations
 
+import math
+
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -136,8 +138,10 @@ class NoisySoftmax(nn.Module):
         z = self.front(x)
         noise = torch.randn((self.samples, *z.shape), generator=self.generator, dtype=z.dtype).to(z.device)
         noisy = (z.unsqueeze(0) + self.sigma * noise).flatten(0, 1)
-        probs = self.back(noisy).softmax(-1).view(self.samples, z.shape[0], -1).mean(0)
-        return probs.clamp_min(1e-12).log()
+        # log mean_s softmax = logsumexp_s log_softmax - log S: stays differentiable for very
+        # confident models, where clamping the mean probability before the log zeroes the gradient.
+        logp = self.back(noisy).log_softmax(-1).view(self.samples, z.shape[0], -1)
+        return torch.logsumexp(logp, 0) - math.log(self.samples)
 
 
 def certified_accuracy(labels: Sequence[int], predictions: Sequence[int], radii: Sequence[float],
