@@ -74,10 +74,7 @@ def main() -> int:
     from audioadv.data import load_dataset
     from audioadv.models.checkpoint import load_checkpoint
 
-    model, cfg = load_checkpoint(args.checkpoint)
-    model.eval()
-    for prm in model.parameters():
-        prm.requires_grad_(False)
+    model, cfg = load_checkpoint(args.checkpoint, frozen=True)
     T, C = int(cfg["input_length"]), int(cfg["num_classes"])
     g = torch.Generator().manual_seed(args.seed)
     tr = load_dataset(args.data, "train", input_length=T, sample_rate=int(cfg.get("sample_rate", 16000)))

@@ -97,10 +97,7 @@ def run_all(args, runs_path: Path):
             continue
         sets = {}
         for arch, ckpt in models:
-            model, cfg = load_checkpoint(ckpt)
-            model.eval()
-            for prm in model.parameters():
-                prm.requires_grad_(False)
+            model, cfg = load_checkpoint(ckpt, frozen=True)
             key = (int(cfg["input_length"]), int(cfg.get("sample_rate", 16000)))
             if key not in sets:
                 tr = load_dataset(spec, "train", input_length=key[0], sample_rate=key[1])
@@ -169,10 +166,7 @@ def figures(args) -> list[str]:
     data, arch = args.figures.split(":", 1)
     spec = DATA[data] if not (data == "fsdd" and args.fsdd) else f"fsdd:{args.fsdd}"
     ckpt = Path(args.zoo) / f"{data}-{arch}"
-    model, cfg = load_checkpoint(ckpt)
-    model.eval()
-    for prm in model.parameters():
-        prm.requires_grad_(False)
+    model, cfg = load_checkpoint(ckpt, frozen=True)
     length, sr = int(cfg["input_length"]), int(cfg.get("sample_rate", 16000))
     tr = load_dataset(spec, "train", input_length=length, sample_rate=sr)
     te = load_dataset(spec, "test", input_length=length, sample_rate=sr)

@@ -119,10 +119,7 @@ def main(argv=None):
     np.random.seed(args.seed)
     command = "python scripts/uap_vs_smoothing.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     t_start = time.perf_counter()
-    model, cfg = load_checkpoint(args.ckpt)
-    model.eval()
-    for p_ in model.parameters():
-        p_.requires_grad_(False)
+    model, cfg = load_checkpoint(args.ckpt, frozen=True)
     K = int(cfg["num_classes"])
     spec = f"fsdd:{args.fsdd}"
     train, test = load_dataset(spec, "train"), load_dataset(spec, "test")

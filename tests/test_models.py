@@ -127,6 +127,9 @@ def test_checkpoint_round_trip(tmp_path):
     # loading via the weights file path works too
     m3, _ = load_checkpoint(tmp_path / "ck" / "model.safetensors")
     assert torch.equal(m(x), m3(x))
+    assert all(p.requires_grad for p in m2.parameters())
+    m4, _ = load_checkpoint(tmp_path / "ck", frozen=True)
+    assert not any(p.requires_grad for p in m4.parameters()) and torch.equal(m(x), m4(x))
 
 
 @pytest.mark.parametrize("name", ["logmel-cnn", "spchcmd", "cnn1d-gamma", "envnet-v2", "sincnet-vgg", "cnn1d-rand"])

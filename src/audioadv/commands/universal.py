@@ -100,10 +100,7 @@ def run_universal(args) -> int:
         print((out / "metrics.json").read_text())
         print(f"{out}: result exists (use --force to craft again)", file=sys.stderr)
         return 0
-    model, cfg = load_checkpoint(args.checkpoint)
-    model.eval()
-    for prm in model.parameters():
-        prm.requires_grad_(False)
+    model, cfg = load_checkpoint(args.checkpoint, frozen=True)
     classes = [str(c) for c in cfg.get("classes", range(cfg["num_classes"]))]
     target = _target_index(args.target, classes)
     length, sr = int(cfg["input_length"]), int(cfg.get("sample_rate", 16000))

@@ -51,10 +51,11 @@ def read_config(path) -> dict:
     return cfg
 
 
-def load_checkpoint(path, map_location: str = "cpu"):
+def load_checkpoint(path, map_location: str = "cpu", *, frozen: bool = False):
     """Rebuild a model from a checkpoint folder (or its model.safetensors); returns (model, config).
 
-    The model is returned in eval mode. Raises FileNotFoundError / ValueError naming the file
+    The model is returned in eval mode; `frozen=True` also turns off its parameters' gradients
+    (attacks and certification only need gradients with respect to the input). Raises FileNotFoundError / ValueError naming the file
     when a file is missing, corrupt, or does not match the architecture in config.json.
     """
     from safetensors import SafetensorError
@@ -83,4 +84,6 @@ def load_checkpoint(path, map_location: str = "cpu"):
     except RuntimeError as exc:
         raise ValueError(f"{weights}: weights do not match architecture {cfg['arch']!r} "
                          f"({str(exc).splitlines()[0]})") from None
+    if frozen:
+        model.requires_grad_(False)
     return model.eval(), cfg
