@@ -126,3 +126,47 @@ def test_hf_wav2vec2_adapter(tmp_path):
     ctc_loss(rec, x, torch.tensor([8000, 4000]), ["tea", "at"]).sum().backward()
     assert x.grad.abs().sum() > 0
     assert len(transcribe(rec, x.detach(), torch.tensor([8000, 4000]))) == 2
+
+
+def test_utterance_feature_norm_is_gain_invariant_and_old_configs_load(tmp_path):
+    torch.manual_seed(0)
+    x = 0.1 * torch.randn(2, 16000)
+    lengths = torch.tensor([16000, 9600])
+    m = CTCRecognizer(n_mels=20, channels=16, hidden=16, layers=1, feature_norm="utterance").eval()
+    g = CTCRecognizer(n_mels=20, channels=16, hidden=16, layers=1).eval()
+    g.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        # a 4x louder input shifts every log-mel by log(16): removed per utterance, not globally
+        assert torch.allclose(m(4 * x, lengths)[0], m(x, lengths)[0], atol=1e-3)
+        assert not torch.allclose(g(4 * x, lengths)[0], g(x, lengths)[0], atol=1e-2)
+        # statistics come from the valid frames only: padding does not change them
+        alone, _ = m(x[1:, :9600])
+        assert torch.allclose(m(x, lengths)[0][1, :20], alone[0, :20], atol=5e-3)
+    save_recognizer(m, tmp_path / "utt")
+    assert load_recognizer(tmp_path / "utt").feature_norm == "utterance"
+    # checkpoints written before the option existed (no "feature_norm" key) keep global statistics
+    save_recognizer(g, tmp_path / "old")
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    del cfg["feature_norm"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    assert load_recognizer(tmp_path / "old").feature_norm == "global"
+    with pytest.raises(ValueError, match="feature_norm"):
+        CTCRecognizer(feature_norm="batch")
+
+
+def test_one_cycle_schedule_and_time_budget(tmp_path):
+    from audioadv.asr_train import Utterances, one_cycle, train_recognizer
+    assert one_cycle(0.0, 1.0, 0.2) == pytest.approx(0.04)
+    assert one_cycle(0.2, 1.0, 0.2) == pytest.approx(1.0)
+    assert one_cycle(1.0, 1.0, 0.2, final=1e-3) == pytest.approx(1e-3)
+    assert one_cycle(0.1, 1.0, 0.2) < one_cycle(0.2, 1.0, 0.2) > one_cycle(0.6, 1.0, 0.2)
+    torch.manual_seed(0)
+    waves = [0.1 * torch.randn(4000 + 400 * i) for i in range(40)]
+    data = Utterances(waves, ["ab" if i % 2 else "ba" for i in range(40)])
+    model, summary = train_recognizer(data, data.subset(range(4)), tmp_path / "run", epochs=1000,
+                                      minutes=0.03, batch_seconds=0.5, eval_every=5, log=lambda *_: None,
+                                      model_kwargs=dict(n_mels=20, channels=16, hidden=16, layers=1))
+    # the wall-time budget (1.8 s), not the 1000 epochs, ended training; the best weights were saved
+    assert summary["train_seconds"] < 30 and summary["epochs"] < 1000 and summary["steps"] >= 1
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert len((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()) >= 1

@@ -1,13 +1,20 @@
 """`audioadv train-asr` and `audioadv eval-asr`: the character CTC speech recogniser.
 
     audioadv train-asr --data synth-phrases --out runs/asr
-    audioadv train-asr --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --epochs 3 --out runs/asr
     audioadv train-asr --data librispeech:PATH --out runs/asr-libri
     audioadv eval-asr runs/asr --data synth-phrases --split test
+
+The shipped `runs/asr` (59 min on one CPU core; notes/asr-train.md, results/asr_train.md):
+
+    audioadv train-asr --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --minutes 47 --epochs 100 --out runs/asr-v2
+    audioadv train-asr --init runs/asr-v2 --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --minutes 12 --lr 7e-4 --epochs 100 --out runs/asr
+
+(repeating a --data spec oversamples it: the second stage sees the grammar three times).
 """
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -17,20 +24,30 @@ def register(sub) -> None:
     p = sub.add_parser("train-asr", help="train the character CTC speech recogniser",
                        description="Train audioadv.models.asr.CTCRecognizer on datasets with transcripts. "
                                    "Each --data spec contributes its train split; validation uses their val "
-                                   "split (the test split for LibriSpeech folders).")
+                                   "split (the test split for LibriSpeech folders). A repeated --data spec is "
+                                   "oversampled. Defaults: 16 s batches, AdamW one-cycle at 2e-3, per-utterance "
+                                   "log-mel normalisation; --minutes sets a wall-time schedule.")
     p.add_argument("--data", action="append", help="dataset spec; repeat to mix (default: synth-phrases "
                                                    "grammar and open-vocabulary sentences)")
     p.add_argument("--out", default="runs/asr")
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--minutes", type=float, default=None, help="stop after this wall time (checked per epoch)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-time budget: the one-cycle schedule follows the clock and training stops "
+                        "when it runs out (--epochs is then only a cap)")
     p.add_argument("--stop-epoch", type=int, default=None,
                    help="stop after this epoch, keeping the learning-rate schedule of --epochs")
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--batch-seconds", type=float, default=160.0, help="seconds of audio per batch")
+    p.add_argument("--batch-seconds", type=float, default=16.0,
+                   help="seconds of audio per batch (small batches = many optimiser steps; 16 s learns "
+                        "several times faster per CPU second than 160 s)")
+    p.add_argument("--eval-every", type=int, default=500, help="validate (and checkpoint the best) every N steps")
+    p.add_argument("--feature-norm", choices=["utterance", "global"], default="utterance",
+                   help="log-mel normalisation: per utterance and mel (default; gain/voice invariant) or "
+                        "fixed training-set statistics only (the session-1 model)")
     p.add_argument("--hidden", type=int, default=160)
     p.add_argument("--channels", type=int, default=192)
     p.add_argument("--n-mels", type=int, default=40)
-    p.add_argument("--val-limit", type=int, default=300, help="validation utterances per epoch")
+    p.add_argument("--val-limit", type=int, default=300, help="validation utterances (an even share of every set)")
     p.add_argument("--init", help="start from this checkpoint folder (continue training; sizes from its config)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -76,9 +93,13 @@ def run_train(args) -> int:
     model, summary = train_recognizer(
         train, val, args.out, epochs=args.epochs, minutes=args.minutes, lr=args.lr, model=init,
         batch_seconds=args.batch_seconds, seed=args.seed, val_limit=args.val_limit, stop_epoch=args.stop_epoch,
-        model_kwargs=dict(hidden=args.hidden, channels=args.channels, n_mels=args.n_mels))
-    summary.update(data=specs, train_utterances=len(train), threads=args.threads, init=args.init,
-                   batch_seconds=args.batch_seconds, lr=args.lr)
+        eval_every=args.eval_every,
+        model_kwargs=dict(hidden=args.hidden, channels=args.channels, n_mels=args.n_mels,
+                          feature_norm=args.feature_norm))
+    summary.update(command=shlex.join(["audioadv"] + sys.argv[1:]), data=specs, train_utterances=len(train),
+                   threads=args.threads, init=args.init,
+                   batch_seconds=args.batch_seconds, lr=args.lr, minutes=args.minutes,
+                   feature_norm=model.config.get("feature_norm", "global"))
     Path(args.out, "train_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return 0
@@ -98,6 +119,9 @@ def run_eval(args) -> int:
         res = evaluate(model, data, beam_width=args.beam)
         res["seconds"] = round(time.time() - t0, 1)
         res["references"] = [model.normalize_text(t) for t in data.texts]
+        res.update(checkpoint=str(args.checkpoint), split=args.split,
+                   decoding=f"beam {args.beam}" if args.beam > 1 else "greedy",
+                   command=shlex.join(["audioadv"] + sys.argv[1:]))
         results[spec] = res
         print(f"{spec} [{args.split}, {res['n']} utterances, {'beam ' + str(args.beam) if args.beam > 1 else 'greedy'}]: "
               f"CER {res['cer']:.4f}  WER {res['wer']:.4f}", flush=True)

@@ -205,10 +205,15 @@ class CTCRecognizer(nn.Module):
     """
 
     def __init__(self, n_mels: int = 40, channels: int = 192, hidden: int = 160, layers: int = 2,
-                 alphabet: str = ALPHABET, sample_rate: int = 16000, dropout: float = 0.1):
+                 alphabet: str = ALPHABET, sample_rate: int = 16000, dropout: float = 0.1,
+                 feature_norm: str = "global"):
         super().__init__()
+        if feature_norm not in ("global", "utterance"):
+            raise ValueError(f"CTCRecognizer: feature_norm must be 'global' or 'utterance', got {feature_norm!r}")
         self.config = dict(architecture="ctc-bigru", n_mels=n_mels, channels=channels, hidden=hidden,
-                           layers=layers, alphabet=alphabet, sample_rate=sample_rate, dropout=dropout)
+                           layers=layers, alphabet=alphabet, sample_rate=sample_rate, dropout=dropout,
+                           feature_norm=feature_norm)
+        self.feature_norm = feature_norm
         self.vocab = CharVocab(alphabet)
         self.sample_rate, self.blank, self.hop = sample_rate, self.vocab.blank, 160
         self.spectrogram = Spectrogram(n_fft=512, win_length=400, hop_length=self.hop)
@@ -263,7 +268,15 @@ class CTCRecognizer(nn.Module):
         lengths = _lengths(wav, lengths)
         x = (self.features(wav) - self.feat_mean[:, None]) / self.feat_std[:, None]
         frames = lengths // self.hop + 1
-        x = x * (torch.arange(x.shape[-1], device=x.device)[None, :] < frames[:, None]).unsqueeze(1)
+        valid = (torch.arange(x.shape[-1], device=x.device)[None, :] < frames[:, None]).unsqueeze(1).to(x.dtype)
+        if self.feature_norm == "utterance":
+            # mean / variance per utterance and mel over its own valid frames (after the global
+            # scaling), so gain and channel differences between voices cancel out
+            n = valid.sum(-1, keepdim=True).clamp_min(1)
+            mu = (x * valid).sum(-1, keepdim=True) / n
+            var = (((x - mu) * valid) ** 2).sum(-1, keepdim=True) / n
+            x = (x - mu) / torch.sqrt(var + 1e-2)
+        x = x * valid
         x = self.conv(x).transpose(1, 2)  # (B, F, C)
         out_len = self.frame_lengths(lengths).clamp(1, x.shape[1])
         t = torch.arange(x.shape[1], device=x.device)[None, :]
@@ -303,7 +316,7 @@ def load_recognizer(folder: str | Path) -> CTCRecognizer:
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("architecture") != "ctc-bigru":
         raise ValueError(f"{cfg_path}: architecture {cfg.get('architecture')!r} is not 'ctc-bigru'")
-    keys = ("n_mels", "channels", "hidden", "layers", "alphabet", "sample_rate", "dropout")
+    keys = ("n_mels", "channels", "hidden", "layers", "alphabet", "sample_rate", "dropout", "feature_norm")
     model = CTCRecognizer(**{k: cfg[k] for k in keys if k in cfg})
     model.load_state_dict(load_file(str(weights)))
     return model.eval()
