@@ -79,3 +79,73 @@ def test_bad_inputs(setup):
         deepfool(model, x, y[:3])
     with pytest.raises(ValueError, match=r"\(B, T\)"):
         cw_l2(model, x[0], y[:1])
+
+
+class _Counted(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.rows = net, 0
+
+    def forward(self, x):
+        self.rows += len(x["audio"] if isinstance(x, dict) else x)
+        return self.net(x)
+
+
+def test_cw_abort_early_is_per_example_and_warmup_trades_time_for_size(setup):
+    """Authors' abort rule (first check at the start), judged per example: examples whose loss stalls
+    leave the batch (fewer model rows than without abort); a warm-up delays the checks (more rows,
+    perturbations no larger)."""
+    model, x, y = setup
+    x, y = x[:8], y[:8]
+    kw = dict(c=0.1, steps=40, binary_search_steps=3, lr=0.01)
+    fast, slow, full = _Counted(model), _Counted(model), _Counted(model)
+    a = cw_l2(fast, x, y, **kw)
+    b = cw_l2(slow, x, y, abort_warmup=4, **kw)
+    cw_l2(full, x, y, abort_early=False, **kw)
+    assert full.rows == 3 * 40 * len(x)
+    assert fast.rows < slow.rows < full.rows
+    # each example is judged alone: the result for one clip does not depend on the rest of the batch
+    one = cw_l2(model, x[:1], y[:1], **kw)
+    assert torch.allclose(one, a[:1], atol=1e-6)
+    da, db = (a - x).norm(dim=1), (b - x).norm(dim=1)
+    okb = model(b).argmax(1) != y
+    assert okb.float().mean() >= 0.9 and db[okb].median() <= da[okb].median()
+
+
+def test_inner_attacks_take_dict_inputs(setup):
+    from _uap_tiny import DictNet
+
+    model, x, y = setup
+    x, y = x[:6], y[:6]
+    gain = torch.ones(len(x))
+    gain[::2] = 0.8
+    dm = DictNet(model)
+    inputs = {"audio": x, "gain": gain}
+    for fn, kw in ((cw_l2, dict(c=1.0, steps=30, binary_search_steps=2, lr=0.02, abort_warmup=3)),
+                   (deepfool, {}), (ddn, dict(steps=60, init_norm=0.5))):
+        out = fn(dm, inputs, y, **kw)
+        assert torch.equal(out["gain"], gain)
+        ok = dm(out).argmax(1) != y
+        assert ok.float().mean() >= 0.8, fn.__name__
+        assert out["audio"].abs().max() <= 1
+
+
+def test_iterative_dict_inputs_and_sequential_batches():
+    from _uap_tiny import DictNet, trained_model
+
+    from audioadv.attacks import universal as U
+
+    model, (x, y), (xte, yte) = trained_model()
+    x, y = x[:60], y[:60]
+    kw = dict(attack_kwargs={"steps": 20, "init_norm": 0.5}, max_passes=2, seed=0, progress=False, xi=0.2)
+    v_t, h_t = U.iterative(model, (x, y), **kw)
+    # the same data as a dict under another name gives the same perturbation (gain 1 everywhere)
+    wm = DictNet(model, key="wave")
+    v_d, h_d = U.iterative(wm, ({"wave": x, "gain": torch.ones(len(x))}, y), key="wave", **kw)
+    assert torch.allclose(v_t, v_d, atol=1e-6) and h_t[-1]["success_rate"] == h_d[-1]["success_rate"]
+    assert h_t[-1]["success_rate"] >= 0.6
+    # batched inner attack, combined sequentially: within the ball, near the sequential result
+    v_s, h_s = U.iterative(model, (x, y), batch_size=6, aggregate="sequential", **kw)
+    assert v_s.abs().max() <= 0.2 + 1e-6 and h_s[-1]["success_rate"] >= h_t[-1]["success_rate"] - 0.15
+    with pytest.raises(ValueError, match="aggregate"):
+        U.iterative(model, (x, y), aggregate="median", max_passes=1, progress=False)

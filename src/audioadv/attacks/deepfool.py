@@ -55,7 +55,6 @@ def deepfool(model, inputs, labels, *, targeted: bool = False, steps: int = 50, 
             r = bview((fd.abs() + 1e-4) / wn ** 2, w) * w
         else:
             own = logits.gather(1, y.view(-1, 1)).squeeze(1)
-            g_own, = torch.autograd.grad(own.sum(), xa, retain_graph=True)
             best_ratio = torch.full((len(idx),), float("inf"), device=x.device)
             r = torch.zeros_like(xa)
             ck = cand[idx]
@@ -65,8 +64,8 @@ def deepfool(model, inputs, labels, *, targeted: bool = False, steps: int = 50, 
                 if not valid.any():
                     continue
                 fk = logits.gather(1, cls.view(-1, 1)).squeeze(1)
-                g_k, = torch.autograd.grad(fk.sum(), xa, retain_graph=True)
-                w = g_k - g_own
+                # w'_k = grad(f_k - f_y) in one backward pass per candidate (no separate pass for grad f_y)
+                w, = torch.autograd.grad((fk - own).sum(), xa, retain_graph=True)
                 fd = (fk - own).detach()
                 wn = w.flatten(1).norm(dim=1).clamp_min(1e-12)
                 ratio = fd.abs() / wn
