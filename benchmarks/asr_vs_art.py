@@ -1,23 +1,44 @@
 """Our speech-to-text attacks against ART and asr-attacks on the same model, utterances and targets.
 
-- ART 1.20.1 `CarliniWagnerASR` and `ImperceptibleASR`, driven through `ARTSpeechRecognizer`, an ART
-  speech-recogniser estimator around our trained CTC model (below);
-- asr-attacks 0.3.0 `ASRAttacker.cw` / `.imperceptible` through its `CTCModuleBackend` around the
-  same model (one utterance per call: its API takes one waveform);
-- ours: `audioadv.attacks.cw_ctc` / `imperceptible`, batched over all utterances at once.
+Libraries (all attack the same trained CTC recogniser, on the same utterances and targets, with the
+same l_inf start bound, step sizes, iteration budgets and bound-shrink factor):
 
-Each library gets the same l_inf start bound, iteration budget and bound-shrink factor (their
-defaults otherwise; all scaled to waveforms in [-1, 1]). Targets come from other grammar phrases
-and, with --open, from open-vocabulary sentences. Reports success rate, mean SNR and dB_x over
-successes, and wall time per utterance, to OUT/asr_vs_art.md / .json. Needs the ``bench`` extra.
+- ours: `audioadv.attacks.cw_ctc` / `imperceptible`, all utterances in one padded batch (as a user
+  would call them; `--batch-size` splits). Three rows: `ours` runs the whole iteration budget;
+  `ours-patience` lets a successful utterance leave the batch once its bound has not shrunk for
+  `--patience` steps; `ours-early` sets `stop_after` (an utterance leaves the batch after that many
+  successes, each of which shrinks its bound). The loop ends when no utterance is left; all three
+  stay within the same budget (in Imperceptible both only act in stage 1).
+- art: ART 1.20.1 `CarliniWagnerASR` / `ImperceptibleASR` (+ its `PsychoacousticMasker`, which needs
+  librosa) driven through `ARTSpeechRecognizer`, an ART speech-recogniser estimator (ART's
+  `SpeechRecognizerMixin` + `PyTorchEstimator`) around our model whose `loss_gradient` runs the
+  whole (ragged) batch ART passes in one padded forward/backward. Batch size: ART's own default
+  per attack (16 for CarliniWagnerASR, 1 for ImperceptibleASR) unless `--art-batch-size`.
+- asr-attacks 0.3.0: `ASRAttacker.cw` / `.imperceptible` through its `CTCModuleBackend` around the
+  same model, one utterance per call (its API takes one waveform).
 
-    python benchmarks/asr_vs_art.py --model runs/asr --n 8 --iters 200
+Each library keeps its own algorithmic choices otherwise (ART: signed-gradient steps in stage 1 and
+plain gradient steps in stage 2, success checked every 10 / 20 / 50 iterations; asr-attacks: Adam
+for CW, signed steps then Adam for Qin, checks every 10; ours: Adam, checks every iteration from
+the same forward pass). Step sizes follow the papers' int16-scale values scaled by 2^-15 (ART's
+documented rule for waveforms in [-1, 1]).
+
+Targets: `grammar` = another test phrase of the command grammar no longer than the source
+transcript; `open` = open-vocabulary words (wordfreq list, the first word from the tenth held out
+of training) filling at most the source transcript's length. Success, SNR and dB_x are measured
+on the returned audio with our greedy decoder for every library. Time: wall-clock seconds (and
+process CPU seconds) per utterance after one untimed warm-up call per library; ratios (ART / ours,
+asr-attacks / ours) come from the same run. Writes OUT.md and OUT.jsonl. Needs the ``bench`` extra.
+
+    python benchmarks/asr_vs_art.py --model runs/asr --n 20 --out results/asr_vs_art
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -29,6 +50,8 @@ from audioadv.asr_train import load_utterances, pad_batch
 from audioadv.attacks import cw_ctc, imperceptible
 from audioadv.attacks._ctc import asr_report
 from audioadv.models.asr import load_recognizer, transcribe
+
+INT16 = 1.0 / 32768  # the papers' step sizes and bounds are on the int16 scale
 
 
 def art_estimator(model):
@@ -50,13 +73,14 @@ def art_estimator(model):
         def input_shape(self):
             return (None,)
 
-        def _batch(self, x):
-            waves = [torch.as_tensor(np.asarray(w, dtype=np.float32)) for w in x]
-            return pad_batch(waves)
+        @staticmethod
+        def _batch(x):
+            return pad_batch([torch.as_tensor(np.asarray(w, dtype=np.float32)) for w in x])
 
         def predict(self, x, batch_size=128, **kwargs):
             wav, lengths = self._batch(x)
-            return np.array([t.upper() for t in transcribe(self.rec, wav, lengths)])
+            with torch.no_grad():
+                return np.array([t.upper() for t in transcribe(self.rec, wav, lengths, batch_size=batch_size)])
 
         def loss_gradient(self, x, y, **kwargs):
             wav, lengths = self._batch(x)
@@ -67,7 +91,7 @@ def art_estimator(model):
                               blank=self.rec.blank, reduction="sum", zero_infinity=True)
             (g,) = torch.autograd.grad(loss, wav)
             out = [g[i, :int(lengths[i])].numpy() for i in range(len(x))]
-            return np.array(out, dtype=object) if np.asarray(x).dtype == object else np.stack(out)
+            return ragged(out) if np.asarray(x).dtype == object else np.stack(out)
 
         def fit(self, x, y, **kwargs):
             raise NotImplementedError
@@ -88,121 +112,275 @@ def ragged(waves) -> np.ndarray:
     return arr
 
 
-def measure(model, clean_waves, advs, targets, originals, seconds) -> dict:
+def open_targets(originals, seed: int) -> list[str]:
+    """Open-vocabulary targets: words from the open vocabulary, the first one held out of training,
+    as many as fit in the source transcript's length (at least one)."""
+    from audioadv.data.phrases_open import open_vocabulary
+    train_words, held = open_vocabulary()
+    rng = random.Random(f"open-targets-{seed}")
+    out = []
+    for o in originals:
+        words = [rng.choice([w for w in held if len(w) <= max(len(o), 2)] or held)]
+        while True:
+            w = rng.choice(train_words + held)
+            if len(" ".join(words + [w])) > len(o):
+                break
+            words.append(w)
+        out.append(" ".join(words))
+    return out
+
+
+def run_library(lib, attack, model, clean, targets, args):
+    """Adversarial waveforms (list of 1-D arrays) from one library."""
+    if lib in ("ours", "ours-early", "ours-patience"):
+        stop = args.stop_after if lib == "ours-early" else None
+        patience = args.patience if lib == "ours-patience" else None
+        bs = args.batch_size or len(clean)
+        advs = []
+        for s in range(0, len(clean), bs):
+            wav, lengths = pad_batch([torch.as_tensor(w) for w in clean[s:s + bs]])
+            tg = targets[s:s + bs]
+            if attack == "cw":
+                adv = cw_ctc(model, wav, tg, lengths=lengths, tau=args.eps, lr=args.lr, shrink=args.shrink,
+                             max_iter=args.iters, stop_after=stop, patience=patience)
+            else:
+                adv = imperceptible(model, wav, tg, lengths=lengths, tau=args.eps, lr_stage1=args.lr,
+                                    max_iter_stage1=args.iters, lr_stage2=args.lr2, max_iter_stage2=args.iters2,
+                                    stop_after=stop, patience=patience)
+            advs += [adv[i, :int(lengths[i])].numpy() for i in range(len(tg))]
+        return advs
+    if lib == "asr-attacks":
+        from asr_attacks import ASRAttacker, CTCModuleBackend
+        labels = ["-"] + list(model.vocab.chars)
+        atk = ASRAttacker(CTCModuleBackend(model, labels, blank_id=model.blank, freeze_model=True), verbose=False)
+        advs = []
+        for w, t in zip(clean, targets):
+            if attack == "cw":
+                advs.append(atk.cw(torch.as_tensor(w), target=t, targeted=True, epsilon=args.eps,
+                                   learning_rate=args.lr, num_iter=args.iters, decrease_factor_eps=args.shrink))
+            else:
+                advs.append(atk.imperceptible(torch.as_tensor(w), target=t, targeted=True, epsilon=args.eps,
+                                              learning_rate1=args.lr, learning_rate2=args.lr2,
+                                              num_iter1=args.iters, num_iter2=args.iters2,
+                                              decrease_factor_eps=args.shrink))
+        return advs
+    if lib == "art":
+        from art.attacks.evasion import CarliniWagnerASR, ImperceptibleASR
+        from art.attacks.evasion.imperceptible_asr.imperceptible_asr import PsychoacousticMasker
+        est = art_estimator(model)
+        kw = {} if not args.art_batch_size else {"batch_size": args.art_batch_size}
+        if attack == "cw":
+            atk = CarliniWagnerASR(est, eps=args.eps, learning_rate=args.lr, max_iter=args.iters,
+                                   decrease_factor_eps=args.shrink, **kw)
+        else:
+            atk = ImperceptibleASR(est, PsychoacousticMasker(), eps=args.eps, learning_rate_1=args.lr,
+                                   max_iter_1=args.iters, learning_rate_2=args.lr2, max_iter_2=args.iters2,
+                                   decrease_factor_eps=args.shrink, **kw)
+        # ART's generate() walks the inputs in chunks of batch_size, each attacked independently. Its
+        # ragged (object array) path breaks on a chunk whose waveforms all have one length (e.g. a
+        # chunk of one), so chunks are passed here one by one: ragged, or (k, T) float when equal.
+        bs, advs = atk.batch_size, []
+        for s in range(0, len(clean), bs):
+            chunk, y = clean[s:s + bs], np.array([t.upper() for t in targets[s:s + bs]])
+            x = np.stack(chunk) if len({len(w) for w in chunk}) == 1 else ragged(chunk)
+            advs += [np.asarray(a, dtype=np.float32).reshape(-1) for a in atk.generate(x, y)]
+        return advs
+    raise SystemExit(f"unknown library {lib!r} (ours, ours-patience, ours-early, asr-attacks, art)")
+
+
+def measure(model, clean_waves, advs, targets, originals):
     wav, lengths = pad_batch([torch.as_tensor(w) for w in clean_waves])
     adv = torch.zeros_like(wav)
     for i, a in enumerate(advs):
         a = torch.as_tensor(np.asarray(a, dtype=np.float32).reshape(-1))[:int(lengths[i])]
-        adv[i, :len(a)] = a
-    rows = asr_report(model, wav, adv, targets, originals, lengths)
+        adv[i, :len(a)] = a.clamp(-1, 1)
+    return asr_report(model, wav, adv, targets, originals, lengths)
+
+
+def summarize(rows, wall, cpu):
     ok = [r for r in rows if r["success"]]
     mean = lambda v: float(np.mean(v)) if v else float("nan")  # noqa: E731
-    return {"success_rate": len(ok) / len(rows), "snr_db": mean([r["snr_db"] for r in ok]),
-            "db_x": mean([r["db_x"] for r in ok]), "seconds_per_utt": seconds / len(rows), "n": len(rows)}
+    return {"n": len(rows), "successes": len(ok), "success_rate": len(ok) / len(rows),
+            "snr_db": mean([r["snr_db"] for r in ok]), "db_x": mean([r["db_x"] for r in ok]),
+            "wall_s": wall, "cpu_s": cpu, "wall_per_utt": wall / len(rows), "cpu_per_utt": cpu / len(rows)}
+
+
+def report(path: Path, meta: dict, summaries: list[dict]) -> None:
+    """OUT.md: the settings, then one table per target set (each from one process), ratios included."""
+    names = {"ours": "ours (batched, full budget)", "ours-early": f"ours (batched, stop_after={meta['stop_after']})",
+             "ours-patience": f"ours (batched, patience={meta['patience']})",
+             "art": f"ART {meta['art_version']}", "asr-attacks": f"asr-attacks {meta['asr_attacks_version']}"}
+    lines = [
+        "# Targeted speech-to-text attacks: audioadv vs ART vs asr-attacks", "",
+        f"Written by `{meta['command']}` (started {meta['started']}, torch {meta['torch']}, {meta['threads']} "
+        f"thread(s) per process; {'each target set in its own process, run side by side' if meta['jobs'] > 1 else 'one process'}).",
+        "",
+        f"- model: `{meta['model']}` (-> `{meta['model_dir']}`: {meta['model_desc']})",
+        f"- utterances: {meta['n']} `{meta['data']}` test utterances (voices unseen in training; {meta['clean_ok']} of "
+        "them transcribed correctly when clean), the same for every library and both target sets",
+        "- targets: `grammar` = another grammar phrase no longer than the source; `open` = open-vocabulary words "
+        "(wordfreq list), the first one held out of training, filling at most the source's length",
+        f"- budget, every library: {meta['iters']} stage-1 iterations, {meta['iters2']} stage-2 iterations "
+        f"(Imperceptible); start bound eps {meta['eps']:.4g} (2000 int16); stage-1 step {meta['lr']:.3g} (100 int16); "
+        f"stage-2 step {meta['lr2']:.3g} (1 int16); bound x{meta['shrink']} on success; all else each library's "
+        "default (see the script's docstring)",
+        f"- batching: ours one padded batch of {meta['batch_size']}; ART batch size {meta['art_batch']}; "
+        "asr-attacks one utterance per call (its API)",
+        "- success: our greedy transcript of the returned audio equals the target; SNR and dB_x: means over the "
+        "successful utterances",
+        "- time: seconds per utterance after an untimed warm-up call per library, wall clock and process CPU; "
+        "ratios = other library's time / this row's time, both from the same process. The machine is shared "
+        "(2 cores; the 1-min load average is listed), so wall time is inflated by other jobs and the CPU-time "
+        "ratios are the reliable ones",
+    ]
+    for tname in dict.fromkeys(r["targets"] for r in summaries):
+        rows = {(r["attack"], r["library"]): r for r in summaries if r["targets"] == tname}
+        lines += ["", f"## {tname} targets", "",
+                  "| attack | library | success | SNR (dB) | dB_x | wall s / utt | CPU s / utt | ART / this (wall, CPU) "
+                  "| asr-attacks / this (wall, CPU) | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for (attack, lib), r in rows.items():
+            def ratio(other):
+                o = rows.get((attack, other))
+                if not o or not lib.startswith("ours"):
+                    return ""
+                return f"{o['wall_s'] / r['wall_s']:.1f}x, {o['cpu_s'] / r['cpu_s']:.1f}x"
+            lines.append(f"| {attack} | {names.get(lib, lib)} | {r['successes']}/{r['n']} | {r['snr_db']:.1f} | "
+                         f"{r['db_x']:.1f} | {r['wall_per_utt']:.2f} | {r['cpu_per_utt']:.2f} | {ratio('art')} | "
+                         f"{ratio('asr-attacks')} | {r['load_before']:.1f}-{r['load_after']:.1f} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def merge(out: Path, sets: list[str]) -> None:
+    """OUT.md / OUT.jsonl from the per-target-set part files of a --jobs run (then removed)."""
+    rows = [r for tname in sets if Path(f"{out}.part-{tname}.jsonl").is_file()
+            for r in read_jsonl(f"{out}.part-{tname}.jsonl")]
+    meta = json.loads(Path(f"{out}.part-{sets[0]}.meta.json").read_text())
+    with open(f"{out}.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    report(Path(f"{out}.md"), meta, [r for r in rows if r["row"] == "summary"])
+    for tname in sets:
+        for suffix in (".jsonl", ".md", ".meta.json"):
+            Path(f"{out}.part-{tname}{suffix}").unlink(missing_ok=True)
+    print(Path(f"{out}.md").read_text())
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="runs/asr")
     p.add_argument("--data", default="synth-phrases")
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--iters", type=int, default=200, help="stage-1 (CW) iterations for every library")
-    p.add_argument("--iters2", type=int, default=50, help="stage-2 (masking) iterations, Imperceptible")
-    p.add_argument("--eps", type=float, default=0.05)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--libs", default="ours,asr-attacks,art")
+    p.add_argument("--n", type=int, default=20)
+    p.add_argument("--targets", default="grammar,open", help="grammar and/or open")
     p.add_argument("--attacks", default="cw,imperceptible")
-    p.add_argument("--open", action="store_true", help="also open-vocabulary targets")
+    p.add_argument("--libs", default="ours,ours-patience,ours-early,art,asr-attacks")
+    p.add_argument("--iters", type=int, default=100, help="stage-1 (CW) iterations, every library")
+    p.add_argument("--iters2", type=int, default=30, help="stage-2 (masking) iterations, Imperceptible")
+    p.add_argument("--eps", type=float, default=2000 * INT16, help="l_inf start bound (CW / Qin: 2000 int16)")
+    p.add_argument("--lr", type=float, default=100 * INT16, help="stage-1 step (Qin / ART: 100 int16)")
+    p.add_argument("--lr2", type=float, default=1 * INT16, help="stage-2 step (Qin / ART: 1 int16)")
+    p.add_argument("--shrink", type=float, default=0.8, help="bound factor on success (all)")
+    p.add_argument("--stop-after", type=int, default=3, help="ours-early: successes before an utterance stops")
+    p.add_argument("--patience", type=int, default=10,
+                   help="ours-patience: steps without a new success before a successful utterance stops")
+    p.add_argument("--batch-size", type=int, default=0, help="ours: utterances per batch (0: all)")
+    p.add_argument("--art-batch-size", type=int, default=0, help="ART batch size (0: ART's default per attack)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="runs/bench_asr")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="run each target set in its own process (side by side), then merge the report")
+    p.add_argument("--out", default="results/asr_vs_art", help="writes OUT.md and OUT.jsonl")
+    p.add_argument("--merge-only", action="store_true",
+                   help="only merge the part files a --jobs run left (e.g. after stopping it)")
+    p.add_argument("--meta", help=argparse.SUPPRESS)  # set by the parent process with --jobs
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sets = args.targets.split(",")
+    if args.jobs > 1 and len(sets) > 1:
+        import subprocess
+        base = list(argv if argv is not None else sys.argv[1:])
+        procs = []
+        for tname in sets:
+            cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--jobs", "1", "--targets", tname,
+                   "--out", f"{out}.part-{tname}", "--meta", json.dumps({"jobs": args.jobs, "argv": base})]
+            procs.append(subprocess.Popen(cmd))
+        codes = [pr.wait() for pr in procs]
+        merge(out, sets)
+        return max(codes)
+    if args.merge_only:
+        merge(out, sets)
+        return 0
+
+    parent = json.loads(args.meta) if args.meta else {"jobs": 1, "argv": list(argv if argv is not None else sys.argv[1:])}
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from reproduce_sparse import select
 
+    import art
+    model_dir = Path(args.model).resolve()
+    cfg = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").is_file() else {}
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime((model_dir / "model.safetensors").stat().st_mtime))
     model = load_recognizer(args.model)
     for prm in model.parameters():
         prm.requires_grad_(False)
     data = load_utterances(args.data, "test")
-    chosen, originals, targets = select(model, data, args.n, args.seed)
-    target_sets = {"grammar": targets}
-    if args.open:
-        from audioadv.data.phrases_open import open_sentences
-        rng = random.Random(args.seed)
-        sents = open_sentences(200, "train", seed=args.seed)
-        target_sets["open"] = [rng.choice([s for s in sents if len(s) <= len(o)] or [o.split()[0]]) for o in originals]
+    chosen, originals, gtargets = select(model, data, args.n, args.seed)
+    clean_ok = sum(h == o for h, o in zip(transcribe(model, *pad_batch([data.waves[i] for i in chosen])), originals))
+    target_sets = {"grammar": gtargets, "open": open_targets(originals, args.seed)}
     clean = [data.waves[i].numpy() for i in chosen]
-    results = {}
-    for tname, tg in target_sets.items():
-        for attack in args.attacks.split(","):
-            for lib in args.libs.split(","):
-                key = f"{lib}/{attack}/{tname}"
-                if lib == "art" and attack == "imperceptible":
-                    try:
-                        import librosa  # noqa: F401  (ART's PsychoacousticMasker imports it)
-                    except ImportError:
-                        results[key] = {"skipped": "ART ImperceptibleASR needs librosa, which audioadv does not install"}
-                        print(key, results[key], flush=True)
-                        continue
-                t0 = time.perf_counter()
-                if lib == "ours":
-                    wav, lengths = pad_batch([torch.as_tensor(w) for w in clean])
-                    if attack == "cw":
-                        adv = cw_ctc(model, wav, tg, lengths=lengths, tau=args.eps, lr=args.lr, max_iter=args.iters,
-                                     l2_weight=0.0)
-                    else:
-                        adv = imperceptible(model, wav, tg, lengths=lengths, tau=args.eps, lr_stage1=args.lr,
-                                            max_iter_stage1=args.iters, max_iter_stage2=args.iters2,
-                                            lr_stage2=args.lr / 10)
-                    advs = [adv[i, :int(lengths[i])].numpy() for i in range(len(clean))]
-                elif lib == "asr-attacks":
-                    from asr_attacks import ASRAttacker, CTCModuleBackend
-                    labels = ["-"] + list(model.vocab.chars)
-                    atk = ASRAttacker(CTCModuleBackend(model, labels, blank_id=0, freeze_model=True), verbose=False)
-                    advs = []
-                    for w, t in zip(clean, tg):
-                        if attack == "cw":
-                            advs.append(atk.cw(torch.as_tensor(w), target=t, targeted=True, epsilon=args.eps,
-                                               learning_rate=args.lr, num_iter=args.iters))
-                        else:
-                            advs.append(atk.imperceptible(torch.as_tensor(w), target=t, targeted=True,
-                                                          epsilon=args.eps, learning_rate1=args.lr,
-                                                          learning_rate2=args.lr / 10, num_iter1=args.iters,
-                                                          num_iter2=args.iters2))
-                elif lib == "art":
-                    from art.attacks.evasion import CarliniWagnerASR, ImperceptibleASR
-                    from art.attacks.evasion.imperceptible_asr.imperceptible_asr import PsychoacousticMasker
-                    est = art_estimator(model)
-                    if attack == "cw":
-                        atk = CarliniWagnerASR(est, eps=args.eps, learning_rate=args.lr, max_iter=args.iters,
-                                               batch_size=len(clean))
-                    else:
-                        atk = ImperceptibleASR(est, PsychoacousticMasker(), eps=args.eps, learning_rate_1=args.lr,
-                                               max_iter_1=args.iters, learning_rate_2=args.lr / 10,
-                                               max_iter_2=args.iters2, batch_size=len(clean))
-                    advs = list(atk.generate(ragged(clean), np.array([t.upper() for t in tg])))
-                else:
-                    raise SystemExit(f"unknown library {lib!r}")
-                wall = time.perf_counter() - t0
-                results[key] = measure(model, clean, advs, tg, originals, wall)
-                print(key, json.dumps(results[key]), flush=True)
-                (out / "asr_vs_art.json").write_text(json.dumps(results, indent=1))
-    lines = [f"Targeted attacks on `{args.model}`, {len(chosen)} `{args.data}` test utterances, "
-             f"{args.iters} stage-1 iterations (+{args.iters2} stage-2), start bound {args.eps}, "
-             f"{args.threads} CPU thread(s). SNR / dB_x: means over successes.", "",
-             "| attack | targets | library | success | SNR (dB) | dB_x | s / utterance |", "|---|---|---|---|---|---|---|"]
-    for key, m in results.items():
-        lib, attack, tname = key.split("/")
-        if "skipped" in m:
-            lines.append(f"| {attack} | {tname} | {lib} | skipped: {m['skipped']} | | | |")
-            continue
-        lines.append(f"| {attack} | {tname} | {lib} | {m['success_rate']:.2f} | {m['snr_db']:.1f} | {m['db_x']:.1f} | "
-                     f"{m['seconds_per_utt']:.2f} |")
-    (out / "asr_vs_art.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    libs, attacks = args.libs.split(","), args.attacks.split(",")
+    try:
+        from importlib.metadata import version
+        aa_version = version("asr-attacks")
+    except Exception:  # noqa: BLE001
+        aa_version = "?"
+    meta = {"command": "python benchmarks/asr_vs_art.py " + " ".join(shlex.quote(a) for a in parent["argv"]),
+            "jobs": parent["jobs"], "started": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
+            "threads": args.threads, "model": args.model, "model_dir": str(model_dir),
+            "model_desc": f"checkpoint written {stamp}, val CER {cfg.get('val_cer', float('nan')):.3f} at save, "
+                          f"feature_norm {cfg.get('feature_norm', 'global')}",
+            "n": len(chosen), "data": args.data, "clean_ok": clean_ok, "iters": args.iters, "iters2": args.iters2,
+            "eps": args.eps, "lr": args.lr, "lr2": args.lr2, "shrink": args.shrink, "stop_after": args.stop_after,
+            "patience": args.patience, "batch_size": args.batch_size or len(chosen),
+            "art_batch": args.art_batch_size or "ART's default (CarliniWagnerASR 16, ImperceptibleASR 1)",
+            "art_version": art.__version__, "asr_attacks_version": aa_version}
+    Path(f"{out}.meta.json").write_text(json.dumps(meta, indent=1))
+
+    # One untimed call per library and attack on the shortest utterance: imports and first-call setup.
+    k = int(np.argmin([len(w) for w in clean]))
+    warm = argparse.Namespace(**{**vars(args), "iters": 2, "iters2": 2})
+    for lib in libs:
+        for attack in attacks:
+            run_library(lib, attack, model, [clean[k]], [gtargets[k]], warm)
+
+    summaries = []
+    with open(f"{out}.jsonl", "w") as jsonl:
+        for tname in sets:
+            tg = target_sets[tname]
+            for attack in attacks:
+                for lib in libs:
+                    load0 = os.getloadavg()[0]
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    advs = run_library(lib, attack, model, clean, tg, args)
+                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                    rep = measure(model, clean, advs, tg, originals)
+                    s = {"row": "summary", "targets": tname, "attack": attack, "library": lib,
+                         **summarize(rep, wall, cpu), "load_before": load0, "load_after": os.getloadavg()[0]}
+                    summaries.append(s)
+                    print(json.dumps(s), flush=True)
+                    jsonl.write(json.dumps(s) + "\n")
+                    for i, r in enumerate(rep):
+                        jsonl.write(json.dumps({"row": "utterance", "targets": tname, "attack": attack, "library": lib,
+                                                "utt": chosen[i], **r}) + "\n")
+                    jsonl.flush()
+                    report(Path(f"{out}.md"), meta, summaries)  # kept current, so a cut-short run still reports
+    if not args.meta:
+        Path(f"{out}.meta.json").unlink(missing_ok=True)
+        print(Path(f"{out}.md").read_text())
     return 0
 
 
