@@ -41,11 +41,14 @@ reproduce-smoothing: $(VENV)/.speaker
 
 # Universal perturbations (Abdoli et al.) on the zoo under runs/zoo/ (trained by benchmarks/zoo_accuracy.py,
 # which skips models already trained). Report: results/uap.md; per-run JSONL results/uap_runs.jsonl (resumes).
-UAP_MODELS ?= logmel-cnn cnn1d-gamma spchcmd sincnet cnn1d-rand
+# Models below the 0.95 accuracy bar are skipped (synth-commands sincnet), except FSDD spchcmd (0.930), which
+# the second call attacks so that the table lists it (marked, not counted for the bar). Penalty c = 3, x3 on collapse.
+UAP_MODELS ?= logmel-cnn cnn1d-gamma cnn1d-rand sincnet sincnet-vgg envnet-v2 spchcmd
 reproduce-uap: $(VENV)/.core
 	$(BIN)/python benchmarks/zoo_accuracy.py --data fsdd:../shared/data/fsdd --models $(UAP_MODELS) --quiet
 	$(BIN)/python benchmarks/zoo_accuracy.py --data synth-commands --models $(UAP_MODELS) --quiet
 	$(BIN)/python scripts/reproduce_uap.py --models $(shell echo $(UAP_MODELS) | tr ' ' ',') $(UAP_ARGS)
+	$(BIN)/python scripts/reproduce_uap.py --data fsdd --models spchcmd --min-accuracy 0.9 $(UAP_ARGS)
 
 # Model zoo quality bars (FSDD digits, synth-commands with unseen voices): trains each model once on
 # 1 CPU thread (checkpoints in runs/zoo/<data>-<model>/, reused by reproduce-uap), appends to
@@ -58,15 +61,18 @@ reproduce-zoo: $(VENV)/.core
 
 # Sparse speech-to-text attacks (CW, IPC, Imperceptible; dense and sparsity 0.3/0.4/0.5) on 50
 # synth-phrases test utterances. Trains the CTC recogniser first when runs/asr has none, in two
-# stages as measured in notes/asr.md (about 40 min on one busy CPU core): 2 epochs of a 3-epoch
-# schedule with 160 s batches, then 3 epochs with 40 s batches. Table:
-# runs/reproduce_sparse/summary.md; per-utterance JSONL runs/reproduce_sparse/results.jsonl (resumes).
+# stages as measured in notes/asr-train.md (59 min on one CPU core: 47 min on grammar + open-vocabulary
+# sentences, 16 s batches, per-utterance log-mel normalisation, then 12 min with the grammar 3x
+# oversampled; test CER 0.057 grammar / 0.197 open-unseen, greedy; schedules follow the clock, so a
+# slower machine gets fewer steps in the same time). Table:
+# results/sparse.md (+ results/sparse.jsonl, per-configuration means; also runs/reproduce_sparse/summary.md);
+# per-utterance JSONL runs/reproduce_sparse/results.jsonl (--fresh: starts it anew).
 runs/asr/model.safetensors: | $(VENV)/.dev
-	$(BIN)/audioadv train-asr --epochs 3 --stop-epoch 2 --out runs/asr-stage1
-	$(BIN)/audioadv train-asr --init runs/asr-stage1 --batch-seconds 40 --lr 1.5e-3 --epochs 3 --out runs/asr
+	$(BIN)/audioadv train-asr --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --minutes 47 --epochs 100 --out runs/asr-v2
+	$(BIN)/audioadv train-asr --init runs/asr-v2 --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --minutes 12 --lr 7e-4 --epochs 100 --out runs/asr
 
 reproduce-sparse: $(VENV)/.dev runs/asr/model.safetensors
-	$(BIN)/python scripts/reproduce_sparse.py --model runs/asr --out runs/reproduce_sparse $(SPARSE_ARGS)
+	$(BIN)/python scripts/reproduce_sparse.py --model runs/asr --out runs/reproduce_sparse --fresh --table results/sparse.md $(SPARSE_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .cache

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from _asr_toy import batch, train_toy
-from audioadv.attacks.sparse import HardThreshold, chain, hard_threshold, sparse
+import itertools
+
+from audioadv.attacks.sparse import HardThreshold, chain, hard_threshold, joint_score, sparse
 from audioadv.attacks.cw_ctc import cw_ctc
 from audioadv.attacks.imperceptible import imperceptible
 from audioadv.attacks.ipc import ipc
@@ -35,6 +37,27 @@ def test_hard_threshold_keeps_exactly_k():
     t = torch.ones(2, 50)
     out = hard_threshold(t, 7, lengths=torch.tensor([20, 50]))
     assert (out != 0).sum(1).tolist() == [7, 7] and out[0, 20:].abs().sum() == 0
+
+
+def test_joint_projection_onto_l0_and_box():
+    # clipped to the bound 0.2, the first four samples tie; the projection keeps those the step
+    # pushed furthest out (raw 0.5 and -0.3), not the earliest
+    raw = torch.tensor([[0.2, 0.25, -0.3, 0.5, 0.05]])
+    clipped = raw.clamp(-0.2, 0.2)
+    assert hard_threshold(clipped, 2).nonzero()[:, 1].tolist() == [0, 1]
+    out = hard_threshold(clipped, 2, score=joint_score(raw, clipped))
+    assert out.nonzero()[:, 1].tolist() == [2, 3] and torch.equal(out[0, 2:4], clipped[0, 2:4])
+    # per-sample bounds (IPC): brute force over all supports, the scored one is the closest point
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        raw = torch.randn(1, 7, generator=g)
+        b = torch.rand(1, 7, generator=g) * (torch.rand(1, 7, generator=g) < 0.7)  # some bounds 0
+        clipped = torch.maximum(torch.minimum(raw, b), -b)
+        out = hard_threshold(clipped, 3, score=joint_score(raw, clipped))
+        best = min(((raw - clipped * torch.isin(torch.arange(7), torch.tensor(s))).pow(2).sum().item())
+                   for s in itertools.combinations(range(7), 3))
+        assert (raw - out).pow(2).sum().item() == pytest.approx(best, abs=1e-6)
+        assert ((out != 0) & (b == 0)).sum() == 0
 
 
 def test_schedule_ramps_to_the_target_sparsity():
@@ -72,6 +95,17 @@ def test_cw_reaches_target_within_its_bound(toy):
     assert info2["successes"] == [2, 2] and transcribe(model, adv2, lengths) == TGT
 
 
+def test_patience_stops_once_the_bound_no_longer_shrinks(toy):
+    model, x, lengths = toy
+    info = {}
+    adv = cw_ctc(model, x, TGT, lengths=lengths, tau=0.2, lr=3e-3, max_iter=200, patience=5, info=info)
+    assert transcribe(model, adv, lengths) == TGT
+    # each utterance ran until 5 steps after its last success, not the whole budget
+    assert all(s == last + 6 for s, last in zip(info["steps"], info["last_success"]))
+    assert all(s < 200 for s in info["steps"])
+    assert all(p.requires_grad for p in model.parameters())  # weights unfrozen afterwards
+
+
 def test_ipc_bound_holds_sample_by_sample(toy):
     model, x, lengths = toy
     info = {}
@@ -89,7 +123,8 @@ def test_sparse_wrapper_reaches_target_at_the_sparsity(toy):
     model, x, lengths = toy
     for attack, kw in ((cw_ctc, dict(tau=0.2)), (ipc, dict(ratio=1.0))):
         info = {}
-        adv = sparse(attack, 0.4)(model, x, TGT, lengths=lengths, lr=3e-3, max_iter=60, info=info, **kw)
+        adv = sparse(attack, 0.4, ramp=0.3)(model, x, TGT, lengths=lengths, lr=3e-3, max_iter=60, info=info,
+                                           **kw)
         assert transcribe(model, adv, lengths) == TGT, attack.__name__
         nz = ((adv - x) != 0).sum(1)
         assert (nz <= torch.floor(0.6 * lengths)).all()

@@ -3,7 +3,8 @@ of different lengths with masks, the optimisation loop with a per-iteration proj
 success checks on the decoded text, and per-utterance reports.
 
 A projection hook is any callable `project(delta, *, step, total, lengths) -> delta` applied to
-the perturbation after every optimisation step (after the attack's own box constraint). It may
+the perturbation after every optimisation step (after the attack's own box constraint), to the
+rows of the utterances still being optimised (with their lengths), cut to the longest of them. It may
 have `ready_step(total) -> int`: the first step whose projection enforces the final constraint;
 successes before the iterate has passed that step are not recorded (see `attacks.sparse`).
 """
@@ -19,6 +20,11 @@ from ..metrics.text import cer, wer
 from ..models.asr import encode_targets, greedy_decode
 from ..signal import db_x, l0, linf, snr
 from ._util import HIGH, LOW, split_inputs
+from .sparse import joint_score
+
+
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch's defaults, named: the l0 step uses Adam's metric
+PAD_MARGIN = 1600  # samples (0.1 s at 16 kHz), more than any front end's half window
 
 
 def prepare(model, inputs, labels: Sequence[str], lengths, name: str):
@@ -54,8 +60,9 @@ def ready(project, step: int, total: int) -> bool:
     return step > project.ready_step(total)
 
 
-def apply_project(project, delta: torch.Tensor, step: int, total: int, lengths: torch.Tensor) -> torch.Tensor:
-    return delta if project is None else project(delta, step=step, total=total, lengths=lengths)
+def apply_project(project, delta: torch.Tensor, step: int, total: int, lengths: torch.Tensor,
+                  **kw) -> torch.Tensor:
+    return delta if project is None else project(delta, step=step, total=total, lengths=lengths, **kw)
 
 
 def ctc_objective(model, adv: torch.Tensor, lengths: torch.Tensor, targets, target_lengths):
@@ -78,6 +85,8 @@ class Tracker:
         self.success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         self.first = torch.full((len(x),), max_iter, dtype=torch.long)
         self.count = torch.zeros(len(x), dtype=torch.long)
+        self.last = torch.full((len(x),), -1, dtype=torch.long)
+        self.steps = torch.zeros(len(x), dtype=torch.long)  # optimisation steps each one took part in
 
     def update(self, ok: torch.Tensor, delta: torch.Tensor, step: int) -> None:
         if not ok.any():
@@ -85,6 +94,7 @@ class Tracker:
         self.best[ok] = delta.detach()[ok]
         okc = ok.cpu()
         self.first[okc & ~self.success.cpu()] = step
+        self.last[okc] = step
         self.count[okc] += 1
         self.success |= ok
 
@@ -98,7 +108,9 @@ def fill_info(info: dict | None, tracker: Tracker, seconds: float, **extra) -> N
     if info is None:
         return
     info.update(success=tracker.success.cpu().tolist(), iterations=tracker.first.tolist(),
-                successes=tracker.count.tolist(), seconds=seconds, **extra)
+                successes=tracker.count.tolist(), last_success=tracker.last.tolist(), steps=tracker.steps.tolist(),
+                seconds=seconds,
+                **extra)
 
 
 def optimize(model, x, lengths, mask, texts, *, targeted: bool, box: Callable[[torch.Tensor], torch.Tensor],
@@ -106,7 +118,8 @@ def optimize(model, x, lengths, mask, texts, *, targeted: bool, box: Callable[[t
              c: float, l2_weight: float, project, delta_init: torch.Tensor | None = None,
              extra_loss: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
              after_check: Callable[[torch.Tensor, int], None] | None = None,
-             stop_after: int | None = None, tracker: Tracker | None = None) -> Tracker:
+             stop_after: int | None = None, patience: int | None = None,
+             tracker: Tracker | None = None) -> Tracker:
     """Adam on delta for `max_iter` steps of  l2_weight * ||delta||^2 + c * CTC(x + delta, texts)
     (+ extra_loss(delta_active, step, active_index)), CTC negated when untargeted. After every
     step: delta <- project(box(delta)).
@@ -114,34 +127,72 @@ def optimize(model, x, lengths, mask, texts, *, targeted: bool, box: Callable[[t
     `box(delta)` is the attack's own constraint (CW: |delta| <= tau, IPC: |delta| <= r |x|);
     `on_success(ok, delta)` may tighten it when the target is reached. `stop_after`: an utterance
     that has succeeded that many times is frozen and leaves the batch (saves time; the loop ends
-    when none is left).
+    when none is left). `patience`: an utterance that has succeeded leaves the batch once it has
+    gone that many steps without a new success, i.e. once its bound has stopped shrinking (the
+    convergence test of a bound-shrinking attack; it keeps the budget of an utterance
+    independent of how soon it first succeeds).
     """
     refs = normalize_texts(model, texts)
     seqs = [model.encode_text(r) for r in refs]
     for t, q in zip(texts, seqs):
         if not q:
             raise ValueError(f"transcript {t!r} has no character the recogniser knows")
+    with frozen_weights(model):
+        return _optimize(model, x, lengths, mask, texts, seqs, refs, targeted=targeted, box=box,
+                         on_success=on_success, lr=lr, max_iter=max_iter, c=c, l2_weight=l2_weight,
+                         project=project, delta_init=delta_init, extra_loss=extra_loss,
+                         after_check=after_check, stop_after=stop_after, patience=patience,
+                         tracker=tracker)
+
+
+class frozen_weights:
+    """Context: the recogniser's parameters need no gradient while the input is attacked (the
+    backward pass then skips every weight gradient: 20-30% of an iteration on the CPU); restored on exit."""
+
+    def __init__(self, model):
+        params = list(model.parameters()) if hasattr(model, "parameters") else []
+        self.params = [p for p in params if p.requires_grad]
+
+    def __enter__(self):
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc):
+        for p in self.params:
+            p.requires_grad_(True)
+
+
+def _optimize(model, x, lengths, mask, texts, seqs, refs, *, targeted, box, on_success, lr, max_iter, c,
+              l2_weight, project, delta_init, extra_loss, after_check, stop_after, patience,
+              tracker) -> Tracker:
     delta = (torch.zeros_like(x) if delta_init is None else delta_init.detach().clone()) * mask
     delta.requires_grad_(True)
-    opt = torch.optim.Adam([delta], lr=lr)
+    opt = torch.optim.Adam([delta], lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS)
     tracker = tracker or Tracker(x, max_iter)
     active = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    n = x.shape[1]
     for step in range(max_iter):
         idx = active.nonzero().flatten()
         if len(idx) == 0:
             break
         sub = idx.tolist()
+        tracker.steps[sub] += 1
         targets = torch.tensor([i for j in sub for i in seqs[j]], dtype=torch.long, device=x.device)
         tlen = torch.tensor([len(seqs[j]) for j in sub], dtype=torch.long, device=x.device)
-        xa = x[idx]
-        adv = (xa + delta[idx] * mask[idx]).clamp(LOW, HIGH)
+        # only the active utterances, cut to the longest of them: once long ones have finished,
+        # the rest no longer pay for their padding. The cut keeps PAD_MARGIN samples of zero
+        # padding (as the full batch has): a centred STFT's last frames read past the end.
+        la = lengths[idx]
+        ta = min(n, int(la.max()) + PAD_MARGIN)
+        xa = x[idx, :ta]
+        adv = (xa + delta[idx, :ta] * mask[idx, :ta]).clamp(LOW, HIGH)
         d = adv - xa
-        loss_ctc, hyps = ctc_objective(model, adv, lengths[idx], targets, tlen)
+        loss_ctc, hyps = ctc_objective(model, adv, la, targets, tlen)
         ok = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         ok[idx] = success_mask(hyps, [refs[j] for j in sub], targeted, x.device)
         if ready(project, step, max_iter):
             full = torch.zeros_like(x)
-            full[idx] = d.detach()
+            full[idx, :ta] = d.detach()
             tracker.update(ok, full, step)
             if on_success is not None and ok.any():
                 on_success(ok, full)
@@ -149,7 +200,7 @@ def optimize(model, x, lengths, mask, texts, *, targeted: bool, box: Callable[[t
             after_check(ok, step)
         obj = (c * loss_ctc if targeted else -c * loss_ctc) + l2_weight * (d * d).sum(1)
         if extra_loss is not None:
-            obj = obj + extra_loss(d, step, idx)
+            obj = obj + extra_loss(F.pad(d, (0, n - ta)), step, idx)
         frozen = ~active
         keep = delta.detach()[frozen].clone() if frozen.any() else None
         opt.zero_grad()
@@ -158,10 +209,23 @@ def optimize(model, x, lengths, mask, texts, *, targeted: bool, box: Callable[[t
         with torch.no_grad():
             if keep is not None:
                 delta[frozen] = keep
-            new = box(delta * mask)
-            delta.copy_(apply_project(project, new, step, max_iter, lengths) * mask)
+            raw = delta * mask
+            new = box(raw)
+            if project is not None:  # the frozen utterances keep their last projected iterate
+                kw = {}
+                if getattr(project, "joint_box", False):  # l0 step and box as one projection,
+                    # in the metric of Adam's step (variable-metric proximal gradient)
+                    st = opt.state[delta]
+                    bias = 1.0 - ADAM_BETAS[1] ** float(st["step"])
+                    metric = (st["exp_avg_sq"][idx, :ta] / bias).sqrt() + ADAM_EPS
+                    kw["score"] = joint_score(raw[idx, :ta], new[idx, :ta], metric)
+                new[idx, :ta] = apply_project(project, new[idx, :ta], step, max_iter, la, **kw)
+            delta.copy_(new * mask)
         if stop_after is not None:
             active = active & (tracker.count.to(x.device) < stop_after)
+        if patience is not None:
+            stale = tracker.success.cpu() & (step - tracker.last >= patience)
+            active = active & ~stale.to(x.device)
     return tracker
 
 
@@ -200,7 +264,7 @@ def asr_report(model, clean, adv, targets: Sequence[str], originals: Sequence[st
             "l0": float(l0(di, tol=tol)[0]), "linf": float(linf(di)[0]), "num_samples": n,
         }
         if info:
-            for key in ("iterations", "seconds", "successes"):
+            for key in ("iterations", "steps", "seconds", "successes"):
                 if key in info:
                     v = info[key]
                     row[key] = v[i] if isinstance(v, (list, tuple)) else v

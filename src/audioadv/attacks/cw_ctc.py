@@ -17,7 +17,8 @@ from . import _ctc
 
 def cw_ctc(model, inputs, labels: Sequence[str], *, targeted: bool = True, lengths=None, tau: float = 0.05,
            shrink: float = 0.8, lr: float = 1e-3, max_iter: int = 1000, c: float = 1.0, l2_weight: float = 1.0,
-           project=None, stop_after: int | None = None, info: dict | None = None):
+           project=None, stop_after: int | None = None, patience: int | None = None,
+           info: dict | None = None):
     """Carlini-Wagner CTC attack (CW 2018, Sec. IV), batched over utterances of different lengths.
 
     model: a `Recognizer` (frame logits, blank, text <-> labels). inputs: (B, T) waveforms in
@@ -25,8 +26,12 @@ def cw_ctc(model, inputs, labels: Sequence[str], *, targeted: bool = True, lengt
     (targeted, default) or the original ones (untargeted: the CTC loss of them is maximised).
     tau: initial l_inf bound (CW: 2000 / 32768 ~ 0.06; shrunk by `shrink` on every success).
     lr: Adam step (CW: 10 / 32768 per step over 1000+ iterations; larger here to converge in fewer).
-    c, l2_weight: weights of the CTC and ||delta||^2 terms. project: per-iteration projection hook
-    (e.g. the l0 step of `attacks.sparse`). stop_after: end once every utterance succeeded that often.
+    c, l2_weight: weights of the CTC and ||delta||^2 terms (l2_weight=0 is the setting of CW's
+    released code, whose l2 penalty is off by default: the loudness is then set by the shrinking
+    tau alone, an l_inf-minimising attack). project: per-iteration projection hook (e.g. the l0
+    step of `attacks.sparse`). stop_after: an utterance stops after that many successes.
+    patience: an utterance stops once that many steps passed without a success, i.e. once tau no
+    longer shrinks (a convergence test that treats every utterance, dense or sparse, alike).
     info: a dict filled with per-utterance success, first-success iteration, successes, final tau,
     wall time. Returns the adversarial inputs.
     """
@@ -42,6 +47,6 @@ def cw_ctc(model, inputs, labels: Sequence[str], *, targeted: bool = True, lengt
 
     tracker = _ctc.optimize(model, x, lengths, mask, labels, targeted=targeted, box=box, on_success=on_success,
                             lr=lr, max_iter=max_iter, c=c, l2_weight=l2_weight, project=project,
-                            stop_after=stop_after)
+                            stop_after=stop_after, patience=patience)
     _ctc.fill_info(info, tracker, _ctc.now() - t0, tau=bound.tolist())
     return _ctc.finish(tracker, x, rebuild)

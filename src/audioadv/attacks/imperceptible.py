@@ -27,13 +27,15 @@ def imperceptible(model, inputs, labels: Sequence[str], *, targeted: bool = True
                   tau: float = 0.05, lr_stage1: float = 1e-3, max_iter_stage1: int = 1000, c: float = 1.0,
                   lr_stage2: float = 1e-4, max_iter_stage2: int = 4000, alpha: float = 0.05,
                   alpha_up: float = 1.2, alpha_down: float = 0.8, up_every: int = 20, down_every: int = 50,
-                  alpha_min: float = 5e-4, loss_scale: float = 1.0, stop_after: int | None = None, project=None,
+                  alpha_min: float = 5e-4, loss_scale: float = 1.0, stop_after: int | None = None,
+                  patience: int | None = None, project=None,
                   info: dict | None = None):
     """Qin et al. 2019 attack (two stages, see module docstring), batched with masks.
 
     lr_stage1 / lr_stage2: Adam steps (Qin: 100 and 1 on the int16 scale, 1000 and 4000 steps).
     alpha: initial weight of the masking loss; loss_scale multiplies l_theta (1: Qin's linear-power
     loss). project: per-iteration hook applied in both stages (e.g. `attacks.sparse`).
+    stop_after / patience: stage 1's stop rules (`cw_ctc`); stage 2 runs its max_iter_stage2 steps.
     info: per-utterance success (final), first-success iteration (stage 1 + stage 2 count),
     stage-2 success, final alpha and the masking loss of the result.
     """
@@ -41,7 +43,8 @@ def imperceptible(model, inputs, labels: Sequence[str], *, targeted: bool = True
     x, lengths, mask, rebuild = _ctc.prepare(model, inputs, labels, lengths, "imperceptible")
     info1: dict = {}
     adv1 = cw_ctc(model, x, labels, targeted=targeted, lengths=lengths, tau=tau, lr=lr_stage1,
-                  max_iter=max_iter_stage1, c=c, l2_weight=0.0, project=project, stop_after=stop_after, info=info1)
+                  max_iter=max_iter_stage1, c=c, l2_weight=0.0, project=project, stop_after=stop_after,
+                  patience=patience, info=info1)
     d1 = (adv1 - x) * mask
     ok1 = torch.tensor(info1["success"], dtype=torch.bool, device=x.device)
     bound = torch.tensor(info1["tau"], dtype=x.dtype, device=x.device) / 0.8  # last successful bound
@@ -78,5 +81,6 @@ def imperceptible(model, inputs, labels: Sequence[str], *, targeted: bool = True
         info.update(success=success.tolist(), iterations=first, stage1_success=info1["success"],
                     stage2_success=ok2.tolist(), alpha=a.tolist(), masking_loss=th_loss.tolist(),
                     successes=(tracker.count + torch.tensor(info1["successes"])).tolist(),
+                    steps=(tracker.steps + torch.tensor(info1["steps"])).tolist(),
                     seconds=_ctc.now() - t0)
     return rebuild((x + final).clamp(-1.0, 1.0))
