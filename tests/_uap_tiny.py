@@ -49,3 +49,16 @@ def trained_model(seed: int = 0, steps: int = 150) -> tuple[nn.Module, tuple, tu
     for p in model.parameters():
         p.requires_grad_(False)
     return model, (xtr, ytr), tones(200, seed + 2)
+
+
+class DictNet(nn.Module):
+    """Wraps a waveform model for dict inputs {"audio": (B, T), "gain": (B,)}: the extra entry scales the
+    audio, so that the tests see whether it is sliced along with the batch."""
+
+    def __init__(self, net: nn.Module, key: str = "audio"):
+        super().__init__()
+        self.net, self.key = net, key
+
+    def forward(self, inputs: dict):
+        x = inputs[self.key]
+        return self.net(x * inputs["gain"].view(-1, 1) if "gain" in inputs else x)

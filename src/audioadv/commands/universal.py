@@ -24,11 +24,18 @@ def register(sub) -> None:
     p.add_argument("--n-craft", type=int, default=1000, help="crafting points drawn from the crafting split (paper: 1000)")
     p.add_argument("--per-class", type=int, default=0,
                    help="single-sample mode: craft from K examples of each class (paper Table 3: K=1)")
-    p.add_argument("--c", type=float, default=None, help="penalty coefficient (default 0.2 untargeted / 0.15 targeted)")
+    p.add_argument("--c", default="3",
+                   help="penalty coefficient: a number (default 3, multiplied by 3 whenever v collapses towards 0 "
+                        "unless --no-escalate; see audioadv.attacks.universal.penalty), auto (the same escalation "
+                        "from the paper's value) or paper (0.2 untargeted / 0.15 targeted, fixed)")
+    p.add_argument("--no-escalate", dest="escalate", action="store_false",
+                   help="penalty: keep a numeric --c fixed even when v collapses")
     p.add_argument("--kappa", type=float, default=None, help="hinge confidence on logits (default 40 / 10)")
     p.add_argument("--lr", type=float, default=0.002, help="Adam step size (penalty)")
     p.add_argument("--max-iter", type=int, default=100, help="penalty: Adam iterations")
     p.add_argument("--batch-size", type=int, default=100, help="penalty: mini-batch size")
+    p.add_argument("--shrink", action="store_true",
+                   help="penalty: scale v down to the quietest multiple that still meets 1 - delta on the crafting set")
     p.add_argument("--box", choices=["tanh", "clip"], default="tanh", help="penalty: box constraint by tanh (Eqs. 7-9) or clipping")
     p.add_argument("--delta", type=float, default=0.1, help="stop at crafting success >= 1 - delta")
     p.add_argument("--xi", type=float, default=None, help="l_p radius (iterative: default 0.2 / 0.12 l_inf; penalty: optional l2)")
@@ -36,7 +43,7 @@ def register(sub) -> None:
     p.add_argument("--inner", choices=["ddn", "deepfool", "cw"], default="ddn", help="iterative: inner minimal attack")
     p.add_argument("--max-passes", type=int, default=100, help="iterative: passes over the crafting points")
     p.add_argument("--inner-batch", type=int, default=1, help="iterative: points attacked together (1 = paper)")
-    p.add_argument("--aggregate", choices=["mean", "sum"], default="mean",
+    p.add_argument("--aggregate", choices=["mean", "sum", "sequential"], default="mean",
                    help="iterative: how the extra perturbations of one inner batch are combined")
     p.add_argument("--examples", type=int, default=5, help="perturbed test examples saved as WAV")
     p.add_argument("--seed", type=int, default=0)
@@ -116,8 +123,10 @@ def run_universal(args) -> int:
 
     p = None if args.p is None else (math.inf if str(args.p).lower() in ("inf", "linf") else float(args.p))
     if args.method == "penalty":
-        kw = dict(c=args.c, kappa=args.kappa, lr=args.lr, max_iter=args.max_iter, batch_size=args.batch_size,
-                  box=args.box, xi=args.xi, p=2 if p is None else p)
+        c = "auto" if args.c == "auto" else None if args.c == "paper" else float(args.c)
+        kw = dict(c=c, kappa=args.kappa, lr=args.lr, max_iter=args.max_iter, batch_size=args.batch_size,
+                  box=args.box, xi=args.xi, p=2 if p is None else p, shrink=args.shrink,
+                  escalate=args.escalate if isinstance(c, float) else None)
     else:
         kw = dict(xi=args.xi, p=math.inf if p is None else p, attack=args.inner, max_passes=args.max_passes,
                   batch_size=args.inner_batch, aggregate=args.aggregate)
@@ -144,12 +153,17 @@ def run_universal(args) -> int:
                "n_craft": len(craft_ds), "per_class": args.per_class, "seed": args.seed,
                "settings": {k: (str(x) if isinstance(x, float) and math.isinf(x) else x) for k, x in kw.items()},
                "iterations": len(history), "wall_time_s": wall, "craft": m_craft, "test": m_test}
+    if args.method == "penalty":        # the c finally used (c = auto: after any escalation)
+        metrics.update(c_final=history[-1]["c"], c_start=history[0]["c"],
+                       c_escalations=[r["iter"] for r in history if "escalated_to" in r],
+                       shrink_scale=history[-1].get("shrink_scale"))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"{args.method} {'untargeted' if target is None else 'target ' + classes[target]}: "
           f"craft success {m_craft['success_rate']:.3f}, test success {m_test['success_rate']:.3f}, "
           f"mean SNR {m_test['mean_snr']:.2f} dB, mean dB_x {m_test['mean_db_x']:.2f}, "
           f"accuracy {m_test['accuracy_clean']:.3f} -> {m_test['accuracy_perturbed']:.3f}, "
-          f"{len(history)} iterations, {wall:.1f} s -> {out}")
+          f"{len(history)} iterations, {wall:.1f} s"
+          + (f", final c {metrics['c_final']:.3g}" if "c_final" in metrics else "") + f"; written to {out}")
     return 0
 
 
