@@ -24,6 +24,23 @@ def split_inputs(inputs) -> tuple[torch.Tensor, Callable[[torch.Tensor], object]
     return inputs, lambda a: a
 
 
+def take(inputs, idx):
+    """Rows ``idx`` (index, mask or slice) of a tensor or of every batched entry of a dict."""
+    if not isinstance(inputs, dict):
+        return inputs[idx]
+    n = num_inputs(inputs)
+    return {k: (x[idx] if torch.is_tensor(x) and x.dim() and len(x) == n else x) for k, x in inputs.items()}
+
+
+def num_inputs(inputs) -> int:
+    if isinstance(inputs, dict):
+        sizes = {len(x) for x in inputs.values() if torch.is_tensor(x) and x.dim()}
+        if len(sizes) != 1:
+            raise ValueError(f"dict inputs must be batched along dim 0 with one size; got sizes {sorted(sizes)}")
+        return sizes.pop()
+    return len(inputs)
+
+
 def check_audio(audio: torch.Tensor, labels: torch.Tensor, name: str) -> None:
     if audio.dim() != 2:
         raise ValueError(f"{name}: waveforms must be (B, T), got shape {tuple(audio.shape)}")

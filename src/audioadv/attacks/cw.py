@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from ._util import check_audio, hinge, is_adversarial, split_inputs
+from ._util import check_audio, hinge, is_adversarial, split_inputs, take
 
 _EPS = 1e-6
 _BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
@@ -52,8 +52,6 @@ def cw_l2(model, inputs, labels, *, targeted: bool = False, c: float = 1e-3, kap
     x = audio.detach()
     labels = labels.to(x.device)
     n = len(x)
-    if isinstance(inputs, dict):
-        from .universal import take
     const = torch.full((n,), float(c), device=x.device, dtype=x.dtype)
     lower = torch.zeros_like(const)
     upper = torch.full_like(const, 1e10)

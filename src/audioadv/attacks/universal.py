@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 
 from ..signal import linf as _linf, l2 as _l2, spl as _spl
-from ._util import HIGH, LOW, hinge, is_adversarial
+from ._util import HIGH, LOW, hinge, is_adversarial, num_inputs, take
 
 # Paper defaults (Sec. 4): index 0 untargeted, 1 targeted.
 ITERATIVE_XI = (0.2, 0.12)
@@ -72,23 +72,6 @@ def audio_of(inputs, key: str | None = None) -> torch.Tensor:
 def with_audio(inputs, audio: torch.Tensor, key: str | None = None):
     """``inputs`` with its waveforms replaced by ``audio`` (the other dict entries unchanged)."""
     return {**inputs, audio_key(inputs, key): audio} if isinstance(inputs, dict) else audio
-
-
-def take(inputs, idx):
-    """Rows ``idx`` (index, mask or slice) of a tensor or of every batched entry of a dict."""
-    if not isinstance(inputs, dict):
-        return inputs[idx]
-    n = num_inputs(inputs)
-    return {k: (x[idx] if torch.is_tensor(x) and x.dim() and len(x) == n else x) for k, x in inputs.items()}
-
-
-def num_inputs(inputs) -> int:
-    if isinstance(inputs, dict):
-        sizes = {len(x) for x in inputs.values() if torch.is_tensor(x) and x.dim()}
-        if len(sizes) != 1:
-            raise ValueError(f"dict inputs must be batched along dim 0 with one size; got sizes {sorted(sizes)}")
-        return sizes.pop()
-    return len(inputs)
 
 
 def _cat(parts: list):
