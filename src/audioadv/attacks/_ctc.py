@@ -19,11 +19,10 @@ import torch.nn.functional as F
 from ..metrics.text import cer, wer
 from ..models.asr import encode_targets, greedy_decode
 from ..signal import db_x, l0, linf, snr
-from ._util import HIGH, LOW, split_inputs
+from ._util import ADAM_BETAS, ADAM_EPS, HIGH, LOW, split_inputs
 from .sparse import joint_score
 
 
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch's defaults, named: the l0 step uses Adam's metric
 PAD_MARGIN = 1600  # samples (0.1 s at 16 kHz), more than any front end's half window
 
 

@@ -10,6 +10,9 @@ from typing import Callable
 import torch
 
 LOW, HIGH = -1.0, 1.0
+# Adam's hyper-parameters (torch's defaults), named once: cw_l2 runs its own Adam on compacted rows and
+# the sparse l0 step of the CTC attacks reads Adam's second-moment metric.
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 
 def split_inputs(inputs) -> tuple[torch.Tensor, Callable[[torch.Tensor], object]]:

@@ -23,10 +23,9 @@ import math
 
 import torch
 
-from ._util import check_audio, hinge, is_adversarial, split_inputs, take
+from ._util import ADAM_BETAS, ADAM_EPS, check_audio, hinge, is_adversarial, split_inputs, take
 
 _EPS = 1e-6
-_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
 
 
 def _rows(inputs, rest_rows, audio):
@@ -59,7 +58,7 @@ def cw_l2(model, inputs, labels, *, targeted: bool = False, c: float = 1e-3, kap
     best_adv = x.clone()
     w0 = torch.atanh(x * (1 - _EPS))
     check = math.ceil(steps / 10)
-    b1, b2 = _BETAS
+    b1, b2 = ADAM_BETAS
     for search in range(binary_search_steps):
         if binary_search_steps >= 10 and search == binary_search_steps - 1:
             const = torch.minimum(upper, torch.full_like(upper, 1e10))   # final rerun at the upper bound
@@ -94,7 +93,7 @@ def cw_l2(model, inputs, labels, *, targeted: bool = False, c: float = 1e-3, kap
                 w = w.detach()
                 m.mul_(b1).add_(g, alpha=1 - b1)
                 s.mul_(b2).addcmul_(g, g, value=1 - b2)
-                w.addcdiv_(m, s.sqrt().div_(math.sqrt(1 - b2 ** t)).add_(_ADAM_EPS), value=-lr / (1 - b1 ** t))
+                w.addcdiv_(m, s.sqrt().div_(math.sqrt(1 - b2 ** t)).add_(ADAM_EPS), value=-lr / (1 - b1 ** t))
                 if abort_early and it >= abort_warmup and (it - abort_warmup) % check == 0:
                     stalled = loss > 0.9999 * prev
                     prev = loss.detach()
