@@ -37,6 +37,9 @@ def main(argv=None) -> int:
             rows.append(f"| `{r.get('checkpoint', '?')}` | {name} (`{spec}`, {r.get('split', 'test')}) "
                         f"| {r.get('decoding', '?')} | {r['n']} "
                         f"| {r['cer']:.4f} | {r['wer']:.4f} | {'' if bar is None else f'<= {bar}'} | {ok} | `{path}` |")
+            for sub, v in r.get("subsets", {}).items():
+                rows.append(f"| `{r.get('checkpoint', '?')}` | {name}: {sub} utterances only | {r.get('decoding', '?')} "
+                            f"| {v['n']} | {v['cer']:.4f} | {v['wer']:.4f} | | | `{path}` |")
             if r.get("command") and r["command"] not in commands:
                 commands.append(r["command"])
     train_cmds = a.train_command + ([summary["command"]] if summary.get("command") else [])
@@ -47,7 +50,7 @@ def main(argv=None) -> int:
              "|---|---|---|---|---|---|---|---|---|", *rows, ""]
     if summary:
         keys = ("train_seconds", "steps", "epochs", "best_val_cer", "train_utterances", "batch_seconds", "lr",
-                "minutes", "feature_norm", "threads", "init", "data")
+                "minutes", "reverb", "device", "gpu", "feature_norm", "threads", "init", "data")
         lines += ["Training summary (`train_summary.json`):", "",
                   *[f"- {k}: {summary[k]}" for k in keys if k in summary], ""]
     lines += ["Commands:", "", "```", *train_cmds, *commands, f"python scripts/asr_train_table.py "

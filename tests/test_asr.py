@@ -170,3 +170,39 @@ def test_one_cycle_schedule_and_time_budget(tmp_path):
     assert summary["train_seconds"] < 30 and summary["epochs"] < 1000 and summary["steps"] >= 1
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert len((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()) >= 1
+
+
+def test_reverb_augmentation_keeps_level_length_and_seed():
+    from audioadv.asr_train import _augment, room_responses
+    g = torch.Generator().manual_seed(0)
+    h = room_responses(torch.tensor([0.1, 0.5]), 16000, g)
+    # direct path 1, tail of equal energy, silent after its own RT60
+    assert h.shape == (2, 8000) and torch.all(h[:, 0] == 1)
+    assert torch.allclose(h[:, 1:].pow(2).sum(1), torch.ones(2), atol=1e-4)
+    assert h[0, 1601:].abs().max() == 0 and h[1, 7000:].abs().max() > 0
+    # a click becomes a decaying tail; padding stays zero; the rms level is kept
+    wav = torch.zeros(3, 16000)
+    wav[:, 100] = 0.5
+    wav[:, 3000:3100] = 0.2 * torch.randn(3, 100)
+    lengths = torch.tensor([16000, 12000, 8000])
+    out_dry = _augment(wav, lengths, torch.Generator().manual_seed(1), reverb=0.0)
+    out = _augment(wav, lengths, torch.Generator().manual_seed(1), reverb=1.0)
+    again = _augment(wav, lengths, torch.Generator().manual_seed(1), reverb=1.0)
+    assert torch.equal(out, again)
+    assert out[1, 12000:].abs().max() == 0 and out[2, 8000:].abs().max() == 0
+    # energy spread after the click (reverberation), absent in the dry version
+    assert out[:, 400:2900].pow(2).sum() > 20 * out_dry[:, 400:2900].pow(2).sum()
+    # same level up to the random gain (+-6 dB) and added noise
+    ratio = out.pow(2).sum(1) / out_dry.pow(2).sum(1)
+    assert torch.all(ratio > 10 ** (-12 / 10)) and torch.all(ratio < 10 ** (12 / 10))
+
+
+def test_eval_reports_reverberant_and_dry_subsets():
+    from audioadv.commands.asr import subset_error_rates
+    items = [{"rt60": 0.3}, {"rt60": None}, {"rt60": 0.0}, {"rt60": 0.2}]
+    refs = ["ab", "cd", "ef", "gh"]
+    hyps = ["ab", "cd", "ex", "xx"]
+    out = subset_error_rates(items, refs, hyps)
+    assert out["reverberant"]["n"] == 2 and out["reverberant"]["cer"] == pytest.approx(0.5)
+    assert out["dry"]["n"] == 2 and out["dry"]["cer"] == pytest.approx(0.25)
+    assert subset_error_rates([{"text": "a"}], ["a"], ["a"]) == {}

@@ -4,8 +4,9 @@ Data are lists of variable-length utterances (`Utterances`: 1-D float waveforms 
 transcripts). Batches group utterances of similar length (sorted, chunked, chunk order
 shuffled with the seed; 16 s of audio per batch by default), AdamW with a one-cycle learning rate
 (over steps, or over a wall-time budget), gradient clipping at 5; light
-augmentation: additive white noise at a random SNR in [15, 40] dB on half of the utterances and a
-random gain. Validation character error rate every few hundred steps; the best weights are
+augmentation: additive white noise at a random SNR in [15, 40] dB on half of the utterances, a
+random gain and, optionally, a synthetic room response (`reverb`). Runs on any torch device
+(`device="cuda"`: larger `batch_seconds` then, since the GPU is idle on 16 s batches). Validation character error rate every few hundred steps; the best weights are
 saved (`model.safetensors` + `config.json`) with a `train_log.jsonl`.
 """
 from __future__ import annotations
@@ -83,9 +84,11 @@ def length_batches(lengths: Sequence[int], max_samples: int, seed: int) -> list[
 def evaluate(model, data: Utterances, *, batch_size: int = 32, beam_width: int = 0) -> dict:
     """Greedy (or beam) transcripts of `data` and their CER / WER against the references."""
     model.eval()
+    device = next(model.parameters()).device
     hyps: list[str] = []
     for idx in length_batches([len(w) for w in data.waves], batch_size * 16000 * 4, 0):
         wav, lengths, _ = data.batch(idx)
+        wav, lengths = wav.to(device), lengths.to(device)
         for i, h in zip(idx, transcribe(model, wav, lengths, beam_width=beam_width)):
             hyps.append((i, h))
     hyps = [h for _, h in sorted(hyps)]
@@ -93,16 +96,44 @@ def evaluate(model, data: Utterances, *, batch_size: int = 32, beam_width: int =
     return {"cer": cer(refs, hyps), "wer": wer(refs, hyps), "n": len(refs), "hypotheses": hyps}
 
 
-def _augment(wav: torch.Tensor, lengths: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    b = wav.shape[0]
-    gain = 10 ** (torch.empty(b).uniform_(-6, 6, generator=g) / 20)
+def room_responses(rt60: torch.Tensor, sample_rate: int, g: torch.Generator) -> torch.Tensor:
+    """Synthetic room impulse responses (B, L), one per RT60 in seconds: a unit direct path plus
+    exponentially decaying Gaussian noise of equal energy, -60 dB at RT60 (the same model as the
+    data synthesiser's `audioadv.data.synth.room_impulse_response`, here batched on any device)."""
+    n = max(2, int(float(rt60.max()) * sample_rate))
+    t = torch.arange(n, device=rt60.device) / sample_rate
+    tail = torch.randn(len(rt60), n, generator=g, device=rt60.device) * torch.exp(-6.908 * t[None] / rt60[:, None])
+    tail = tail * (t[None] < rt60[:, None])
+    tail[:, 0] = 0.0
+    tail = tail / tail.pow(2).sum(1, keepdim=True).clamp_min(1e-12).sqrt()
+    tail[:, 0] = 1.0
+    return tail
+
+
+def _augment(wav: torch.Tensor, lengths: torch.Tensor, g: torch.Generator, *, reverb: float = 0.0,
+             rt60=(0.1, 0.6), sample_rate: int = 16000) -> torch.Tensor:
+    b, dev = wav.shape[0], wav.device
+    mask = (torch.arange(wav.shape[1], device=dev)[None, :] < lengths[:, None]).float()
+    if reverb > 0:
+        # with probability `reverb` a room response, convolved by FFT and cut to the utterance's
+        # length; the level is restored so that the gain below stays the only level change
+        use = torch.rand(b, generator=g, device=dev) < reverb
+        if bool(use.any()):
+            idx = use.nonzero().squeeze(1)
+            rt = torch.empty(len(idx), device=dev).uniform_(*rt60, generator=g)
+            h = room_responses(rt, sample_rate, g)
+            n = wav.shape[1] + h.shape[1]
+            y = torch.fft.irfft(torch.fft.rfft(wav[idx], n) * torch.fft.rfft(h, n), n)[:, :wav.shape[1]]
+            y = y * mask[idx]
+            ratio = wav[idx].pow(2).sum(1).div(y.pow(2).sum(1).clamp_min(1e-12)).sqrt()
+            wav = wav.index_copy(0, idx, y * ratio[:, None])
+    gain = 10 ** (torch.empty(b, device=dev).uniform_(-6, 6, generator=g) / 20)
     wav = wav * gain[:, None]
-    mask = (torch.arange(wav.shape[1])[None, :] < lengths[:, None]).float()
     power = (wav ** 2).sum(1) / lengths.float()
-    snr = torch.empty(b).uniform_(15, 40, generator=g)
-    use = torch.rand(b, generator=g) < 0.5
+    snr = torch.empty(b, device=dev).uniform_(15, 40, generator=g)
+    use = torch.rand(b, generator=g, device=dev) < 0.5
     sigma = torch.sqrt(power / 10 ** (snr / 10)) * use
-    wav = wav + sigma[:, None] * torch.randn(wav.shape, generator=g) * mask
+    wav = wav + sigma[:, None] * torch.randn(wav.shape, generator=g, device=dev) * mask
     return wav.clamp(-1, 1)
 
 
@@ -120,7 +151,8 @@ def train_recognizer(train: Utterances, val: Utterances, out: str | Path, *, epo
                      minutes: float | None = None, lr: float = 2e-3, batch_seconds: float = 16.0,
                      seed: int = 0, model: CTCRecognizer | None = None, model_kwargs: dict | None = None,
                      val_limit: int = 300, stop_epoch: int | None = None, eval_every: int = 500,
-                     pct_start: float = 0.15, log=print) -> tuple[CTCRecognizer, dict]:
+                     pct_start: float = 0.15, reverb: float = 0.0, device: str | torch.device = "cpu",
+                     log=print) -> tuple[CTCRecognizer, dict]:
     """Train a `CTCRecognizer` on `train`, keep the weights with the lowest CER on `val`.
 
     `batch_seconds` of audio per batch (small batches, many steps: 16 s learns several times
@@ -129,8 +161,10 @@ def train_recognizer(train: Utterances, val: Utterances, out: str | Path, *, epo
     schedule follows the clock, training stops when it runs out, even mid-epoch; `epochs` is
     then only a cap). `stop_epoch` ends training after that epoch while keeping the schedule of
     `epochs`. Validation (and a checkpoint when it improves) every `eval_every` steps and at
-    the end of each epoch. Returns the best model and a summary (best CER, epochs, steps,
-    training seconds).
+    the end of each epoch. `reverb`: probability of an online room response per utterance
+    (RT60 uniform in 0.1-0.6 s). `device`: where the model trains (the data stay on the CPU and
+    go over batch by batch). Returns the best model (on the CPU) and a summary (best CER, epochs,
+    steps, training seconds).
     """
     torch.manual_seed(seed)
     out = Path(out)
@@ -139,12 +173,14 @@ def train_recognizer(train: Utterances, val: Utterances, out: str | Path, *, epo
     if not model.feat_mean.abs().sum():
         probe = train.subset(list(range(0, len(train), max(1, len(train) // 200))))
         model.set_feature_stats(*pad_batch(probe.waves))
+    device = torch.device(device)
+    model = model.to(device)
     max_samples = int(batch_seconds * train.sample_rate)
     lengths = [len(w) for w in train.waves]
     steps_per_epoch = len(length_batches(lengths, max_samples, seed))
     total_steps = steps_per_epoch * epochs
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     val_sub = val.subset(list(range(min(len(val), val_limit))))
     best, best_cer, step, t0 = None, math.inf, 0, time.time()
     log_path = out / "train_log.jsonl"
@@ -177,9 +213,11 @@ def train_recognizer(train: Utterances, val: Utterances, out: str | Path, *, epo
             for group in opt.param_groups:
                 group["lr"] = cur_lr
             wav, wl, texts = train.batch(idx)
-            wav = _augment(wav, wl, g)
+            wav, wl = wav.to(device, non_blocking=True), wl.to(device)
+            wav = _augment(wav, wl, g, reverb=reverb, sample_rate=train.sample_rate)
             logp, frames = model(wav, wl)
             targets, tl = encode_targets(model, texts)
+            targets, tl = targets.to(device), tl.to(device)
             loss = F.ctc_loss(logp.transpose(0, 1), targets, frames, tl, blank=model.blank,
                               reduction="mean", zero_infinity=True)
             opt.zero_grad()
@@ -203,9 +241,9 @@ def train_recognizer(train: Utterances, val: Utterances, out: str | Path, *, epo
             log(f"stopping after epoch {epoch + 1} (--stop-epoch)")
             break
     model.load_state_dict(best)
-    model.eval()
+    model = model.cpu().eval()
     return model, {"best_val_cer": best_cer, "epochs": epoch + 1, "steps": step,
-                   "train_seconds": round(time.time() - t0, 1)}
+                   "train_seconds": round(time.time() - t0, 1), "device": str(device)}
 
 
 def load_utterances(spec: str, split: str, *, limit: int | None = None) -> Utterances:

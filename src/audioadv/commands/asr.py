@@ -44,7 +44,11 @@ def register(sub) -> None:
     p.add_argument("--feature-norm", choices=["utterance", "global"], default="utterance",
                    help="log-mel normalisation: per utterance and mel (default; gain/voice invariant) or "
                         "fixed training-set statistics only (the session-1 model)")
+    p.add_argument("--reverb", type=float, default=0.0,
+                   help="probability of an online synthetic room response per training utterance (RT60 0.1-0.6 s)")
+    p.add_argument("--device", default="cpu", help="torch device to train on: cpu (default), cuda, cuda:1, auto")
     p.add_argument("--hidden", type=int, default=160)
+    p.add_argument("--layers", type=int, default=2, help="bidirectional GRU layers")
     p.add_argument("--channels", type=int, default=192)
     p.add_argument("--n-mels", type=int, default=40)
     p.add_argument("--val-limit", type=int, default=300, help="validation utterances (an even share of every set)")
@@ -60,8 +64,38 @@ def register(sub) -> None:
     e.add_argument("--limit", type=int, default=None, help="first N utterances of each set")
     e.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
     e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, auto")
     e.add_argument("--json", help="write the results (with hypotheses) to this file")
     e.set_defaults(func=run_eval)
+
+
+def resolve_device(name: str):
+    """`auto` -> cuda when available, else cpu; a cuda device asked for but absent is an error."""
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise SystemExit(f"--device: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: torch sees no CUDA device here (use cpu or auto)")
+    return dev
+
+
+def subset_error_rates(items: list[dict], refs: list[str], hyps: list[str]) -> dict:
+    """CER / WER on the reverberant and the dry utterances, where the items record a room
+    response (`rt60`, synthesised sets): where a recogniser's errors come from."""
+    from ..metrics.text import cer, wer
+    if not items or "rt60" not in items[0]:
+        return {}
+    out = {}
+    for name, keep in (("reverberant", lambda it: bool(it.get("rt60"))), ("dry", lambda it: not it.get("rt60"))):
+        idx = [i for i, it in enumerate(items) if keep(it)]
+        if idx:
+            r, h = [refs[i] for i in idx], [hyps[i] for i in idx]
+            out[name] = {"n": len(idx), "cer": cer(r, h), "wer": wer(r, h)}
+    return out
 
 
 DEFAULT_TRAIN = ["synth-phrases?n=4000", "synth-phrases?source=open&n=9000"]
@@ -73,6 +107,7 @@ def run_train(args) -> int:
     from ..asr_train import load_utterances, train_recognizer
 
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     specs = args.data or DEFAULT_TRAIN
     t0 = time.time()
     train = val = None
@@ -93,12 +128,13 @@ def run_train(args) -> int:
     model, summary = train_recognizer(
         train, val, args.out, epochs=args.epochs, minutes=args.minutes, lr=args.lr, model=init,
         batch_seconds=args.batch_seconds, seed=args.seed, val_limit=args.val_limit, stop_epoch=args.stop_epoch,
-        eval_every=args.eval_every,
-        model_kwargs=dict(hidden=args.hidden, channels=args.channels, n_mels=args.n_mels,
+        eval_every=args.eval_every, reverb=args.reverb, device=device,
+        model_kwargs=dict(hidden=args.hidden, channels=args.channels, n_mels=args.n_mels, layers=args.layers,
                           feature_norm=args.feature_norm))
     summary.update(command=shlex.join(["audioadv"] + sys.argv[1:]), data=specs, train_utterances=len(train),
                    threads=args.threads, init=args.init,
-                   batch_seconds=args.batch_seconds, lr=args.lr, minutes=args.minutes,
+                   batch_seconds=args.batch_seconds, lr=args.lr, minutes=args.minutes, reverb=args.reverb,
+                   gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                    feature_norm=model.config.get("feature_norm", "global"))
     Path(args.out, "train_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
@@ -111,7 +147,7 @@ def run_eval(args) -> int:
     from ..models.asr import load_recognizer
 
     torch.set_num_threads(args.threads)
-    model = load_recognizer(args.checkpoint)
+    model = load_recognizer(args.checkpoint).to(resolve_device(args.device))
     results = {}
     for spec in args.data or DEFAULT_EVAL:
         data = load_utterances(spec, args.split, limit=args.limit)
@@ -119,12 +155,15 @@ def run_eval(args) -> int:
         res = evaluate(model, data, beam_width=args.beam)
         res["seconds"] = round(time.time() - t0, 1)
         res["references"] = [model.normalize_text(t) for t in data.texts]
+        res["subsets"] = subset_error_rates(data.items, res["references"], res["hypotheses"])
         res.update(checkpoint=str(args.checkpoint), split=args.split,
                    decoding=f"beam {args.beam}" if args.beam > 1 else "greedy",
                    command=shlex.join(["audioadv"] + sys.argv[1:]))
         results[spec] = res
         print(f"{spec} [{args.split}, {res['n']} utterances, {'beam ' + str(args.beam) if args.beam > 1 else 'greedy'}]: "
               f"CER {res['cer']:.4f}  WER {res['wer']:.4f}", flush=True)
+        for name, sub in res["subsets"].items():
+            print(f"    {name}: {sub['n']} utterances, CER {sub['cer']:.4f}  WER {sub['wer']:.4f}", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -300,7 +300,8 @@ def save_recognizer(model: CTCRecognizer, folder: str | Path, extra: dict | None
     from safetensors.torch import save_file
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps({**model.config, **(extra or {})}, indent=2))
     return folder
 
