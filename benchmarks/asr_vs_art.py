@@ -30,7 +30,16 @@ on the returned audio with our greedy decoder for every library. Time: wall-cloc
 process CPU seconds) per utterance after one untimed warm-up call per library; ratios (ART / ours,
 asr-attacks / ours) come from the same run. Writes OUT.md and OUT.jsonl. Needs the ``bench`` extra.
 
+`--budget default` instead calls every library as a user would, with its own defaults (iteration
+budget, bound, step size, batch size; read from the installed signatures and written into the
+report): ours `cw_ctc` / `imperceptible` defaults plus the row's stop rule (`--patience`, default
+10% of cw_ctc's max_iter; `--stop-after`), ART's defaults with its int16-scale eps / learning rates
+scaled by 2^-15 (its documented rule for [-1, 1] audio), asr-attacks' defaults. `--cap` caps every
+iteration count for smoke tests only (the report says so).
+
     python benchmarks/asr_vs_art.py --model runs/asr --n 20 --out results/asr_vs_art
+    python benchmarks/asr_vs_art.py --model runs/asr --budget default --n 20 --attacks cw \
+        --libs ours-patience,art,ours --jobs 2 --out results/asr_vs_art_default
 """
 from __future__ import annotations
 
@@ -130,8 +139,100 @@ def open_targets(originals, seed: int) -> list[str]:
     return out
 
 
+def library_defaults() -> dict:
+    """Each library's own defaults for the attacks compared, read from the installed signatures
+    (so the report states exactly what `--budget default` ran)."""
+    import inspect
+
+    def sig(fn, *names):
+        ps = inspect.signature(fn).parameters
+        return {k: ps[k].default for k in names}
+
+    from art.attacks.evasion import CarliniWagnerASR, ImperceptibleASR
+    out = {"ours": {"cw": sig(cw_ctc, "tau", "lr", "max_iter", "c", "l2_weight", "shrink"),
+                    "imperceptible": sig(imperceptible, "tau", "lr_stage1", "max_iter_stage1", "lr_stage2",
+                                         "max_iter_stage2", "alpha")},
+           "art": {"cw": sig(CarliniWagnerASR, "eps", "learning_rate", "max_iter", "decrease_factor_eps",
+                             "num_iter_decrease_eps", "batch_size"),
+                   "imperceptible": sig(ImperceptibleASR, "eps", "learning_rate_1", "max_iter_1", "learning_rate_2",
+                                        "max_iter_2", "alpha", "batch_size")}}
+    try:
+        from asr_attacks import ASRAttacker
+        out["asr-attacks"] = {"cw": sig(ASRAttacker.cw, "epsilon", "learning_rate", "num_iter", "c",
+                                        "decrease_factor_eps", "num_iter_decrease_eps"),
+                              "imperceptible": sig(ASRAttacker.imperceptible, "epsilon", "learning_rate1",
+                                                   "learning_rate2", "num_iter1", "num_iter2")}
+    except ImportError:
+        pass
+    return out
+
+
+def run_default(lib, attack, model, clean, targets, args):
+    """`--budget default`: every library as a user calls it, i.e. its own defaults for budget, bound,
+    step and batching. Only the stop rule of ours (`ours-patience` / `ours-early`) is set, and ART's
+    int16-scale eps / learning rates are scaled by 2^-15 as ART documents for [-1, 1] audio.
+    `args.cap` (warm-up only) caps every iteration count."""
+    cap = args.cap
+    if lib in ("ours", "ours-early", "ours-patience"):
+        stop = args.stop_after if lib == "ours-early" else None
+        patience = args.patience if lib == "ours-patience" else None
+        bs = args.batch_size or len(clean)
+        advs, info = [], []
+        for s in range(0, len(clean), bs):
+            wav, lengths = pad_batch([torch.as_tensor(w) for w in clean[s:s + bs]])
+            tg, inf = targets[s:s + bs], {}
+            if attack == "cw":
+                adv = cw_ctc(model, wav, tg, lengths=lengths, stop_after=stop, patience=patience, info=inf,
+                             **({"max_iter": cap} if cap else {}))
+            else:
+                adv = imperceptible(model, wav, tg, lengths=lengths, stop_after=stop, patience=patience, info=inf,
+                                    **({"max_iter_stage1": cap, "max_iter_stage2": cap} if cap else {}))
+            advs += [adv[i, :int(lengths[i])].numpy() for i in range(len(tg))]
+            info += [{"steps": int(a), "first_success": int(b)} for a, b in zip(inf["steps"], inf["iterations"])]
+        return advs, info
+    if lib == "asr-attacks":
+        from asr_attacks import ASRAttacker, CTCModuleBackend
+        labels = ["-"] + list(model.vocab.chars)
+        atk = ASRAttacker(CTCModuleBackend(model, labels, blank_id=model.blank, freeze_model=True), verbose=False)
+        if attack == "cw":
+            return [atk.cw(torch.as_tensor(w), target=t, targeted=True, **({"num_iter": cap} if cap else {}))
+                    for w, t in zip(clean, targets)], None
+        return [atk.imperceptible(torch.as_tensor(w), target=t, targeted=True,
+                                  **({"num_iter1": cap, "num_iter2": cap} if cap else {}))
+                for w, t in zip(clean, targets)], None
+    if lib == "art":
+        from art.attacks.evasion import CarliniWagnerASR, ImperceptibleASR
+        from art.attacks.evasion.imperceptible_asr.imperceptible_asr import PsychoacousticMasker
+        d = library_defaults()["art"][attack]
+        est = art_estimator(model)
+        if attack == "cw":
+            atk = CarliniWagnerASR(est, eps=d["eps"] * INT16, learning_rate=d["learning_rate"] * INT16,
+                                   **({"max_iter": cap} if cap else {}))
+        else:
+            atk = ImperceptibleASR(est, PsychoacousticMasker(), eps=d["eps"] * INT16,
+                                   learning_rate_1=d["learning_rate_1"] * INT16,
+                                   learning_rate_2=d["learning_rate_2"] * INT16,
+                                   **({"max_iter_1": cap, "max_iter_2": cap} if cap else {}))
+        return art_generate(atk, clean, targets), None
+    raise SystemExit(f"unknown library {lib!r} (ours, ours-patience, ours-early, asr-attacks, art)")
+
+
+def art_generate(atk, clean, targets):
+    # ART's generate() walks the inputs in chunks of batch_size, each attacked independently. Its
+    # ragged (object array) path breaks on a chunk whose waveforms all have one length (e.g. a
+    # chunk of one), so chunks are passed here one by one: ragged, or (k, T) float when equal.
+    bs, advs = atk.batch_size, []
+    for s in range(0, len(clean), bs):
+        chunk, y = clean[s:s + bs], np.array([t.upper() for t in targets[s:s + bs]])
+        x = np.stack(chunk) if len({len(w) for w in chunk}) == 1 else ragged(chunk)
+        advs += [np.asarray(a, dtype=np.float32).reshape(-1) for a in atk.generate(x, y)]
+    return advs
+
+
 def run_library(lib, attack, model, clean, targets, args):
-    """Adversarial waveforms (list of 1-D arrays) from one library."""
+    """Adversarial waveforms (list of 1-D arrays) from one library, and per-utterance extras (or None)."""
+    if args.budget == "default":
+        return run_default(lib, attack, model, clean, targets, args)
     if lib in ("ours", "ours-early", "ours-patience"):
         stop = args.stop_after if lib == "ours-early" else None
         patience = args.patience if lib == "ours-patience" else None
@@ -148,7 +249,7 @@ def run_library(lib, attack, model, clean, targets, args):
                                     max_iter_stage1=args.iters, lr_stage2=args.lr2, max_iter_stage2=args.iters2,
                                     stop_after=stop, patience=patience)
             advs += [adv[i, :int(lengths[i])].numpy() for i in range(len(tg))]
-        return advs
+        return advs, None
     if lib == "asr-attacks":
         from asr_attacks import ASRAttacker, CTCModuleBackend
         labels = ["-"] + list(model.vocab.chars)
@@ -163,7 +264,7 @@ def run_library(lib, attack, model, clean, targets, args):
                                               learning_rate1=args.lr, learning_rate2=args.lr2,
                                               num_iter1=args.iters, num_iter2=args.iters2,
                                               decrease_factor_eps=args.shrink))
-        return advs
+        return advs, None
     if lib == "art":
         from art.attacks.evasion import CarliniWagnerASR, ImperceptibleASR
         from art.attacks.evasion.imperceptible_asr.imperceptible_asr import PsychoacousticMasker
@@ -176,15 +277,7 @@ def run_library(lib, attack, model, clean, targets, args):
             atk = ImperceptibleASR(est, PsychoacousticMasker(), eps=args.eps, learning_rate_1=args.lr,
                                    max_iter_1=args.iters, learning_rate_2=args.lr2, max_iter_2=args.iters2,
                                    decrease_factor_eps=args.shrink, **kw)
-        # ART's generate() walks the inputs in chunks of batch_size, each attacked independently. Its
-        # ragged (object array) path breaks on a chunk whose waveforms all have one length (e.g. a
-        # chunk of one), so chunks are passed here one by one: ragged, or (k, T) float when equal.
-        bs, advs = atk.batch_size, []
-        for s in range(0, len(clean), bs):
-            chunk, y = clean[s:s + bs], np.array([t.upper() for t in targets[s:s + bs]])
-            x = np.stack(chunk) if len({len(w) for w in chunk}) == 1 else ragged(chunk)
-            advs += [np.asarray(a, dtype=np.float32).reshape(-1) for a in atk.generate(x, y)]
-        return advs
+        return art_generate(atk, clean, targets), None
     raise SystemExit(f"unknown library {lib!r} (ours, ours-patience, ours-early, asr-attacks, art)")
 
 
@@ -210,6 +303,11 @@ def report(path: Path, meta: dict, summaries: list[dict]) -> None:
     names = {"ours": "ours (batched, full budget)", "ours-early": f"ours (batched, stop_after={meta['stop_after']})",
              "ours-patience": f"ours (batched, patience={meta['patience']})",
              "art": f"ART {meta['art_version']}", "asr-attacks": f"asr-attacks {meta['asr_attacks_version']}"}
+    if meta.get("budget") == "default":
+        names.update({"ours": "ours (defaults, no stop rule)", "ours-early": f"ours (defaults, stop_after={meta['stop_after']})",
+                      "ours-patience": f"ours (defaults, patience={meta['patience']})",
+                      "art": f"ART {meta['art_version']} (defaults)",
+                      "asr-attacks": f"asr-attacks {meta['asr_attacks_version']} (defaults)"})
     lines = [
         "# Targeted speech-to-text attacks: audioadv vs ART vs asr-attacks", "",
         f"Written by `{meta['command']}` (started {meta['started']}, torch {meta['torch']}, {meta['threads']} "
@@ -220,10 +318,33 @@ def report(path: Path, meta: dict, summaries: list[dict]) -> None:
         "them transcribed correctly when clean), the same for every library and both target sets",
         "- targets: `grammar` = another grammar phrase no longer than the source; `open` = open-vocabulary words "
         "(wordfreq list), the first one held out of training, filling at most the source's length",
+    ]
+    if meta.get("budget") == "default":
+        fmt = lambda d: ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())  # noqa: E731
+        lines += [
+            "- budget: **each library's own defaults** (`--budget default`), as a user calls it; read from the "
+            "installed signatures:",
+            *[f"  - {lib} {attack}: `{fmt(d)}`" for lib, per in meta["defaults"].items() for attack, d in per.items()
+              if attack in meta["attacks"] and any(lb.startswith(lib) for lb in meta["libs"])],
+            "  - ART's eps and learning rates are int16-scale; they are scaled by 2^-15 as ART's docstring says for "
+            f"[-1, 1] audio (CW: eps {meta['defaults']['art']['cw']['eps'] * INT16:.4g}, step "
+            f"{meta['defaults']['art']['cw']['learning_rate'] * INT16:.3g}); everything else as ART sets it. ART "
+            "always runs all max_iter iterations on each chunk of batch_size utterances",
+            f"  - ours: all defaults; the only setting is the stop rule of the row (`patience={meta['patience']}`: a "
+            "successful utterance leaves the batch once its bound has not shrunk for that many steps, fixed before "
+            f"the run as 10% of max_iter, the proportion of the equal-budget run's patience=10 of 100; "
+            f"`stop_after={meta['stop_after']}`); `ours` without a stop rule runs the whole budget",
+        ]
+        if meta.get("cap"):
+            lines.append(f"  - **smoke test: every iteration count capped at {meta['cap']} (`--cap`), not the defaults**")
+    else:
+        lines += [
         f"- budget, every library: {meta['iters']} stage-1 iterations, {meta['iters2']} stage-2 iterations "
         f"(Imperceptible); start bound eps {meta['eps']:.4g} (2000 int16); stage-1 step {meta['lr']:.3g} (100 int16); "
         f"stage-2 step {meta['lr2']:.3g} (1 int16); bound x{meta['shrink']} on success; all else each library's "
         "default (see the script's docstring)",
+        ]
+    lines += [
         f"- batching: ours one padded batch of {meta['batch_size']}; ART batch size {meta['art_batch']}; "
         "asr-attacks one utterance per call (its API)",
         "- success: our greedy transcript of the returned audio equals the target; SNR and dB_x: means over the "
@@ -277,17 +398,23 @@ def main(argv=None) -> int:
     p.add_argument("--targets", default="grammar,open", help="grammar and/or open")
     p.add_argument("--attacks", default="cw,imperceptible")
     p.add_argument("--libs", default="ours,ours-patience,ours-early,art,asr-attacks")
-    p.add_argument("--iters", type=int, default=100, help="stage-1 (CW) iterations, every library")
-    p.add_argument("--iters2", type=int, default=30, help="stage-2 (masking) iterations, Imperceptible")
+    p.add_argument("--budget", choices=["equal", "default"], default="equal",
+                   help="equal: the settings below for every library; default: each library's own defaults "
+                        "(budget, bound, steps, batch size), only ours' stop rule set (--patience / --stop-after)")
+    p.add_argument("--iters", type=int, default=100, help="stage-1 (CW) iterations, every library (--budget equal)")
+    p.add_argument("--iters2", type=int, default=30, help="stage-2 (masking) iterations, Imperceptible (equal)")
     p.add_argument("--eps", type=float, default=2000 * INT16, help="l_inf start bound (CW / Qin: 2000 int16)")
     p.add_argument("--lr", type=float, default=100 * INT16, help="stage-1 step (Qin / ART: 100 int16)")
     p.add_argument("--lr2", type=float, default=1 * INT16, help="stage-2 step (Qin / ART: 1 int16)")
     p.add_argument("--shrink", type=float, default=0.8, help="bound factor on success (all)")
     p.add_argument("--stop-after", type=int, default=3, help="ours-early: successes before an utterance stops")
-    p.add_argument("--patience", type=int, default=10,
-                   help="ours-patience: steps without a new success before a successful utterance stops")
+    p.add_argument("--patience", type=int, default=None,
+                   help="ours-patience: steps without a new success before a successful utterance stops "
+                        "(default: 10%% of the stage-1 budget, i.e. 10 with --budget equal, 100 with default)")
     p.add_argument("--batch-size", type=int, default=0, help="ours: utterances per batch (0: all)")
     p.add_argument("--art-batch-size", type=int, default=0, help="ART batch size (0: ART's default per attack)")
+    p.add_argument("--cap", type=int, default=None,
+                   help="--budget default: cap every iteration count (smoke tests only; stated in the report)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--jobs", type=int, default=1,
@@ -297,6 +424,10 @@ def main(argv=None) -> int:
                    help="only merge the part files a --jobs run left (e.g. after stopping it)")
     p.add_argument("--meta", help=argparse.SUPPRESS)  # set by the parent process with --jobs
     args = p.parse_args(argv)
+    if args.patience is None:
+        import inspect
+        budget = args.iters if args.budget == "equal" else inspect.signature(cw_ctc).parameters["max_iter"].default
+        args.patience = max(1, budget // 10)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -347,12 +478,16 @@ def main(argv=None) -> int:
             "eps": args.eps, "lr": args.lr, "lr2": args.lr2, "shrink": args.shrink, "stop_after": args.stop_after,
             "patience": args.patience, "batch_size": args.batch_size or len(chosen),
             "art_batch": args.art_batch_size or "ART's default (CarliniWagnerASR 16, ImperceptibleASR 1)",
-            "art_version": art.__version__, "asr_attacks_version": aa_version}
+            "art_version": art.__version__, "asr_attacks_version": aa_version, "budget": args.budget,
+            "libs": libs, "attacks": attacks, "cap": args.cap}
+    if args.budget == "default":
+        meta["defaults"] = library_defaults()
+        meta["art_batch"] = "ART's default (CarliniWagnerASR 16, ImperceptibleASR 1)"
     Path(f"{out}.meta.json").write_text(json.dumps(meta, indent=1))
 
     # One untimed call per library and attack on the shortest utterance: imports and first-call setup.
     k = int(np.argmin([len(w) for w in clean]))
-    warm = argparse.Namespace(**{**vars(args), "iters": 2, "iters2": 2})
+    warm = argparse.Namespace(**{**vars(args), "iters": 2, "iters2": 2, "cap": 2})
     for lib in libs:
         for attack in attacks:
             run_library(lib, attack, model, [clean[k]], [gtargets[k]], warm)
@@ -365,7 +500,7 @@ def main(argv=None) -> int:
                 for lib in libs:
                     load0 = os.getloadavg()[0]
                     t0, c0 = time.perf_counter(), time.process_time()
-                    advs = run_library(lib, attack, model, clean, tg, args)
+                    advs, extra = run_library(lib, attack, model, clean, tg, args)
                     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
                     rep = measure(model, clean, advs, tg, originals)
                     s = {"row": "summary", "targets": tname, "attack": attack, "library": lib,
@@ -375,7 +510,7 @@ def main(argv=None) -> int:
                     jsonl.write(json.dumps(s) + "\n")
                     for i, r in enumerate(rep):
                         jsonl.write(json.dumps({"row": "utterance", "targets": tname, "attack": attack, "library": lib,
-                                                "utt": chosen[i], **r}) + "\n")
+                                                "utt": chosen[i], **r, **(extra[i] if extra else {})}) + "\n")
                     jsonl.flush()
                     report(Path(f"{out}.md"), meta, summaries)  # kept current, so a cut-short run still reports
     if not args.meta:

@@ -6,10 +6,10 @@ on N test utterances (voices never heard in training) that the recogniser transc
 each with a target transcript drawn (seeded) from another test phrase no longer than its own.
 
 Protocol (identical for the dense and the sparse runs of an attack; see `attack_kwargs`): Adam
-(lr 5e-3) for at most 150 steps from a loose start (CW tau 0.1, IPC ratio 1.0); CW / IPC without
+(lr 5e-3) for at most 300 steps from a loose start (CW tau 0.1, IPC ratio 1.0); CW / IPC without
 the l2 term (CW's released code's default), so the loudness is set by the bound that shrinks on
 every success (CW: tau <- 0.8 min(tau, ||delta||_inf), IPC: ratio x0.9);
-an utterance stops once 20 steps have passed without a new success (its bound no longer shrinks),
+an utterance stops once 40 steps have passed without a new success (its bound no longer shrinks),
 which makes the result a converged bound rather than "the n-th success"; the latest success is
 returned. Imperceptible adds 30 stage-2 steps. The sparse runs ramp their sparsity over the first
 10% of the budget (`attacks.sparse`). Utterances run in batches of similar length.
@@ -114,10 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", default="0,0.4,0.3,0.5", help="0 = dense; run in this order")
     p.add_argument("--ramp", type=float, default=0.1, help="fraction of --max-iter over which the sparsity ramps up")
     p.add_argument("--batch-size", type=int, default=25, help="utterances per batch (sorted by length)")
-    p.add_argument("--max-iter", type=int, default=150)
+    p.add_argument("--max-iter", type=int, default=300)
     p.add_argument("--stop-after", type=int, default=0,
                    help="an utterance stops after this many successes (0: off)")
-    p.add_argument("--patience", type=int, default=20,
+    p.add_argument("--patience", type=int, default=40,
                    help="an utterance stops after this many steps without a new success, i.e. once its bound "
                         "no longer shrinks (0: off, run all --max-iter steps)")
     p.add_argument("--tau", type=float, default=0.1)
@@ -178,12 +178,22 @@ def main(argv=None) -> int:
     runs = [(a, s) for s in sparsities for a in args.attacks.split(",")]
     sparsities = sorted(sparsities)
     configs = [(a, s) for a in args.attacks.split(",") for s in sparsities]
+    # progress: one bar over the utterances still to attack in every configuration (rows already in
+    # OUT/results.jsonl are kept and skipped: an interrupted run resumes where it stopped), and a
+    # line per finished configuration
+    plan = []
     for name, s in runs:
         cfg = f"{name}" if s == 0 else f"{name}+sparse{s}"
         todo = [] if args.summary_only else [j for j in range(len(chosen)) if (cfg, chosen[j]) not in done]
         todo.sort(key=lambda j: len(data.waves[chosen[j]]))  # similar lengths per batch: less padding
+        plan.append((name, s, cfg, todo))
+    kept = sum(len(chosen) - len(todo) for *_, todo in plan)
+    bar = tqdm(total=sum(len(todo) for *_, todo in plan), unit="utt", file=sys.stderr,
+               desc=f"{len(plan)} configurations" + (f" ({kept} rows resumed)" if kept else ""))
+    for name, s, cfg, todo in plan:
         attack = ATTACKS[name] if s == 0 else sparse(ATTACKS[name], s, ramp=args.ramp)
-        for b in tqdm(range(0, len(todo), args.batch_size), desc=cfg):
+        bar.set_postfix_str(cfg)
+        for b in range(0, len(todo), args.batch_size):
             js = todo[b:b + args.batch_size]
             wav, lengths = pad_batch([data.waves[chosen[j]] for j in js])
             tg, og = [targets[j] for j in js], [originals[j] for j in js]
@@ -198,9 +208,17 @@ def main(argv=None) -> int:
                     r.update(config=cfg, attack=name, sparsity=s, utt=chosen[j])
                     done[(cfg, chosen[j])] = r
                     f.write(json.dumps(r) + "\n")
+            bar.update(len(js))
+        if todo:
+            m = summarize([done[(cfg, u)] for u in chosen if (cfg, u) in done])
+            bar.write(f"{cfg}: success {m['success_rate']:.2f}, SNR {m['snr_db']:.1f} dB, l0 {m['l0']:.2f} "
+                      f"({(time.perf_counter() - t_start) / 60:.1f} min so far)")
+    bar.close()
     wall_total = time.perf_counter() - t_start
 
     summary = {}
+    attack_minutes = sum(done[(f"{a}" if s == 0 else f"{a}+sparse{s}", u)]["seconds"] for a, s in configs
+                         for u in chosen if (f"{a}" if s == 0 else f"{a}+sparse{s}", u) in done) / 60
     lines = [f"# Sparse attacks by proximal gradient descent (reproduction)", "",
              f"Command: `{command}`", "",
              f"Sparse attacks on the CTC recogniser `{args.model}`, {len(chosen)} `{args.data}` {args.split} "
@@ -213,8 +231,9 @@ def main(argv=None) -> int:
              + f"; l2 weight {args.l2_weight}; CW tau0 {args.tau}, IPC ratio0 {args.ratio}; sparsity ramp "
              f"{args.ramp} of the steps. Means of SNR, dB_x, l0 and iterations (first success) over the "
              f"successful utterances; `steps` = mean steps run per utterance; `s / utt` = wall time per "
-             f"utterance of its batch (1 thread, shared machine). This invocation took {wall_total / 60:.1f} min "
-             f"(attacks run by it: {'none, --summary-only' if args.summary_only else 'see results.jsonl'}).", "",
+             f"utterance of its batch (1 thread, shared machine). The attacks of the table took {attack_minutes:.0f} min "
+             f"in all (sum over its rows, whichever invocation ran them: results.jsonl keeps them and a rerun "
+             f"resumes); this invocation took {wall_total / 60:.1f} min.", "",
              "| attack | sparsity | success | SNR (dB) | dB_x | l0 | iterations | steps | s / utt | WER to original |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in configs:

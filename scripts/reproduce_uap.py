@@ -13,6 +13,10 @@ the report (see notes/universal.md and notes/uap-penalty.md for why): the penalt
 c = 3, multiplied by 3 whenever v collapses (the paper's 0.2 always collapses on our models; the c
 finally used is reported per run; c="auto" starts from the paper's value instead), the Adam lr, the final amplitude shrink, the iterative method's inner batch,
 number of passes and crafting points. The paper's c (0.2 / 0.15) stays available as --c paper.
+After an escalation of c, v' restarts from 0 (--restart zero; ours, the same for every row and recorded in each
+row's settings, notes/uap-bar.md); `--restart peak` resumes from the loudest v' seen (penalty()'s library default).
+--refine N (opt-in, off in the table; notes/uap-bar.md) adds N iterations after the Eq. 3 stop and returns the
+quietest v that still meets the stop on the crafting set (--refine-kappa: hinge floor meanwhile, default kappa).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 
 DATA = {"fsdd": "fsdd:../shared/data/fsdd", "synth-commands": "synth-commands"}
+REFINE = 0                              # see notes/uap-bar.md
 
 
 def parse():
@@ -63,6 +68,13 @@ def parse():
     p.add_argument("--shrink", action="store_true",
                    help="penalty: scale v down to the quietest multiple that still meets 1 - delta on the crafting "
                         "set (default: keep v as the stopping rule left it)")
+    p.add_argument("--restart", choices=["zero", "peak"], default="zero",
+                   help="penalty: after an escalation of c, restart v' from 0 (default) or from the loudest v' seen "
+                        "(penalty()'s library default)")
+    p.add_argument("--refine", type=int, default=REFINE,
+                   help=f"penalty: extra Adam iterations after the Eq. 3 stop, returning the quietest v that still "
+                        f"meets it on the crafting set (our extension beyond Algorithm 1; default {REFINE}, 0 = off)")
+    p.add_argument("--refine-kappa", type=float, default=None, help="penalty: hinge floor during refine (default: kappa)")
     # iterative
     p.add_argument("--max-passes", type=int, default=3)
     p.add_argument("--inner-batch", type=int, default=10, help="iterative: points attacked together (1 = paper)")
@@ -152,7 +164,8 @@ def run_all(args, runs_path: Path):
                     craft = crafts[method]
                     if method == "penalty":
                         kw = dict(c=penalty_c(args.c), kappa=args.kappa, lr=args.lr, max_iter=args.max_iter,
-                                  batch_size=args.batch_size, shrink=args.shrink, escalate=args.escalate)
+                                  batch_size=args.batch_size, shrink=args.shrink, escalate=args.escalate,
+                                  restart=args.restart, refine=args.refine, refine_kappa=args.refine_kappa)
                     else:
                         kw = dict(xi=args.xi, max_passes=args.max_passes, batch_size=args.inner_batch,
                                   attack=args.inner, aggregate=args.aggregate)
@@ -180,7 +193,9 @@ def run_all(args, runs_path: Path):
                                    c_escalations=[r["iter"] for r in hist if "escalated_to" in r],
                                    full_checks=sum("success_rate" in r for r in hist),
                                    escalation_reasons=[r["escalation"] for r in hist if "escalation" in r],
-                                   batch_success=[round(r["batch_success"], 3) for r in hist])
+                                   batch_success=[round(r["batch_success"], 3) for r in hist],
+                                   stop_iter=next((r["iter"] for r in hist if r.get("stop")), None),
+                                   returned_iter=hist[-1].get("returned_iter"))
                         if "shrink_scale" in hist[-1]:
                             a = hist[-1]["shrink_scale"]
                             row["shrink_scale"] = a
@@ -346,8 +361,12 @@ def report(args, runs_path: Path) -> str:
                 if "c_final" in r:
                     esc = f", escalated at iteration(s) {r['c_escalations']}" if r["c_escalations"] else ""
                     star = f", first-step c* {r['c_star']:.3g}" if r.get("c_star") else ""
+                    ref = (f"; Eq. 3 stop at iteration {r['stop_iter']}, v of iteration {r['returned_iter']} returned"
+                           if r.get("returned_iter") else
+                           f"; Eq. 3 stop at iteration {r['stop_iter']}" if r.get("stop_iter") else
+                           "; Eq. 3 stop not reached" if "stop_iter" in r else "")
                     used = (f"; c used {r['c_final']:.3g} (start {r['c_start']:.3g}{esc}{star}), {r['full_checks']} full "
-                            f"crafting-set checks, shrink x{r.get('shrink_scale', 1):.3f}")
+                            f"crafting-set checks, shrink x{r.get('shrink_scale', 1):.3f}{ref}")
                 lines.append(f"- {r['arch']} {r['method']} {r['mode']}: {json.dumps(r['settings'])}{used}{scale}")
         lines.append("")
     bar = []

@@ -60,6 +60,55 @@ def test_joint_projection_onto_l0_and_box():
         assert ((out != 0) & (b == 0)).sum() == 0
 
 
+def test_joint_projection_in_the_units_of_a_per_sample_box():
+    # IPC's box |d_i| <= b_i: with `bound`, the projection is the closest point in the box's own
+    # units (distance sum ((raw - out) / b)^2), checked by brute force over all supports
+    g = torch.Generator().manual_seed(5)
+    for _ in range(20):
+        raw = torch.randn(1, 7, generator=g) * 0.1
+        b = torch.rand(1, 7, generator=g) * (torch.rand(1, 7, generator=g) < 0.7)
+        clipped = torch.maximum(torch.minimum(raw, b), -b)
+        out = hard_threshold(clipped, 3, score=joint_score(raw, clipped, bound=b))
+        pos = b > 0
+
+        def dist(o):
+            return (((raw - o) / b.clamp_min(1e-12)) ** 2)[pos].sum().item()
+        best = min(dist(clipped * torch.isin(torch.arange(7), torch.tensor(s)))
+                   for s in itertools.combinations(range(7), 3))
+        assert dist(out) == pytest.approx(best, rel=1e-5)
+        assert ((out != 0) & (b == 0)).sum() == 0
+    # a loud sample just at its bound ranks below a quiet one pushed far past its own; the plain
+    # Euclidean gain ranks the other way (it would keep the loud samples)
+    raw, b = torch.tensor([[0.51, 0.003]]), torch.tensor([[0.5, 0.001]])
+    clipped = torch.maximum(torch.minimum(raw, b), -b)
+    assert hard_threshold(clipped, 1, score=joint_score(raw, clipped, bound=b)).nonzero()[:, 1].tolist() == [1]
+    assert hard_threshold(clipped, 1, score=joint_score(raw, clipped)).nonzero()[:, 1].tolist() == [0]
+    # a uniform bound (CW's tau) changes no ranking; a bound tiny enough to overflow the ratio is finite
+    raw = torch.randn(3, 50, generator=g) * 0.01
+    clipped = raw.clamp(-0.005, 0.005)
+    assert torch.equal(joint_score(raw, clipped, bound=torch.full_like(raw, 0.005)).argsort(),
+                       joint_score(raw, clipped).argsort())
+    tiny = torch.full((1, 2), 1e-44)
+    assert torch.isfinite(joint_score(torch.ones(1, 2), tiny, bound=tiny)).all()
+
+
+def test_sparse_ipc_ranks_in_its_bounds_units_cw_does_not(toy, monkeypatch):
+    import audioadv.attacks._ctc as ctc
+    model, x, lengths = toy
+    seen = []
+
+    def spy(raw, clipped, metric=None, bound=None):
+        seen.append(bound)
+        return joint_score(raw, clipped, metric, bound=bound)
+    monkeypatch.setattr(ctc, "joint_score", spy)
+    sparse(ipc, 0.4)(model, x, TGT, lengths=lengths, ratio=0.5, lr=3e-3, max_iter=3)
+    assert len(seen) == 3 and all(b is not None for b in seen)
+    assert torch.allclose(seen[0], 0.5 * x[:, :seen[0].shape[1]].abs())   # IPC's r |x_i|
+    seen.clear()
+    sparse(cw_ctc, 0.4)(model, x, TGT, lengths=lengths, tau=0.2, lr=3e-3, max_iter=3)
+    assert len(seen) == 3 and all(b is None for b in seen)
+
+
 def test_schedule_ramps_to_the_target_sparsity():
     h = HardThreshold(0.4, ramp=0.3)
     assert h.sparsity_at(0, 100) == pytest.approx(0.4 / 30)

@@ -213,6 +213,7 @@ def test_cli_universal_and_transfer(tmp_path, capsys):
     assert metrics["test"]["n"] == 30 and metrics["iterations"] <= 3 and metrics["n_craft"] == 12
     assert metrics["settings"]["c"] == 3.0 and metrics["settings"]["escalate"] is True
     assert metrics["c_final"] >= metrics["c_start"] == 3.0
+    assert metrics["settings"]["refine"] == 0 and metrics["settings"]["restart"] == "peak"   # Algorithm 1 unless asked
     v = np.load(out / "v.npy")
     assert v.shape == (T,) and (out / "v.wav").exists() and len(list((out / "examples").glob("*.wav"))) == 4
     assert len((out / "history.jsonl").read_text().splitlines()) == metrics["iterations"]
@@ -316,3 +317,44 @@ def test_dict_inputs(tiny):
         U.penalty(dmodel, ({"a": x, "b": x}, y), max_iter=1, progress=False)
     with pytest.raises(ValueError, match="not in the inputs"):
         U.apply(v, inputs, key="video")
+
+
+# ------------------------------------------------------------------ restart after escalation, refine phase
+def test_restart_from_zero_after_escalation(tiny):
+    """restart="zero": after an escalation v' starts again from 0 with the raised c (the default "peak"
+    resumes from the loudest v' seen); either way the stop is reached."""
+    model, craft, (xte, yte) = tiny
+    kw = dict(targeted=2, c=0.2, escalate=True, kappa=5, lr=0.03, max_iter=40, seed=0, progress=False)
+    _, hp = U.penalty(model, craft, **kw)
+    _, hz = U.penalty(model, craft, restart="zero", **kw)
+    up = next(i for i, r in enumerate(hz) if "escalated_to" in r)
+    assert hp[:up + 1] == [{**r, "time_s": p["time_s"]} for r, p in zip(hz[:up + 1], hp)]   # same run until then
+    peak = max(r["spl"] for r in hp[:up + 1])
+    assert hp[up + 1]["spl"] == pytest.approx(peak, abs=1e-3)          # "peak": resumes at the loudest v'
+    assert hz[up + 1]["spl"] == -math.inf                              # "zero": v' = 0 again
+    assert hz[-1]["success_rate"] >= 0.9 and len(hz) < 40
+    with pytest.raises(ValueError, match="restart"):
+        U.penalty(model, craft, restart="middle", max_iter=1, progress=False)
+
+
+def test_refine_returns_a_quieter_v_that_still_meets_the_stop(tiny):
+    model, craft, _ = tiny
+    kw = dict(targeted=1, c=20, kappa=5, lr=0.03, max_iter=60, seed=0, progress=False)
+    v, h = U.penalty(model, craft, **kw)
+    from audioadv.signal import spl
+    vk, hk = U.penalty(model, craft, refine=30, **kw)                      # kappa kept: never louder than the stop's v
+    assert float(spl(vk[None])[0]) <= float(spl(v[None])[0]) + 1e-6 and hk[-1]["success_rate"] >= 0.9
+    vr, hr = U.penalty(model, craft, refine=30, refine_kappa=0, **kw)
+    n = len(h)
+    assert h[-1]["stop"] and hr[n - 1]["stop"] and len(hr) == n + 30           # refine runs after the same stop
+    assert all(r.get("phase") == "refine" for r in hr[n:]) and "phase" not in hr[n - 1]
+    x, y = craft
+    rate = U.success_rate(model, x[y != 1], vr, None, target=1)
+    assert rate >= 0.9 and rate == pytest.approx(hr[-1]["success_rate"])        # still meets Eq. 3 on the crafting set
+    assert n < hr[-1]["returned_iter"] <= n + 30
+    assert float(spl(vr[None])[0]) < float(spl(v[None])[0]) - 1.0             # at least 1 dB quieter here
+    # every checked refine iterate that met the goal was at least as loud as the one returned
+    met = [r for r in hr[n:] if r.get("success_rate", 0) >= 0.9 and "returned_iter" not in r]
+    assert all(r["spl"] >= hr[-1]["spl"] - 1e-6 for r in met)
+    with pytest.raises(ValueError, match="refine"):
+        U.penalty(model, craft, refine=-1, max_iter=1, progress=False)

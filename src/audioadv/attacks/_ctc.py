@@ -217,7 +217,9 @@ def _optimize(model, x, lengths, mask, texts, seqs, refs, *, targeted, box, on_s
                     st = opt.state[delta]
                     bias = 1.0 - ADAM_BETAS[1] ** float(st["step"])
                     metric = (st["exp_avg_sq"][idx, :ta] / bias).sqrt() + ADAM_EPS
-                    kw["score"] = joint_score(raw[idx, :ta], new[idx, :ta], metric)
+                    limits = getattr(box, "limits", None)  # per-sample bounds of a non-uniform box
+                    extra = {} if limits is None else {"bound": limits()[idx, :ta]}
+                    kw["score"] = joint_score(raw[idx, :ta], new[idx, :ta], metric, **extra)
                 new[idx, :ta] = apply_project(project, new[idx, :ta], step, max_iter, la, **kw)
             delta.copy_(new * mask)
         if stop_after is not None:

@@ -11,7 +11,8 @@ Silence: where the clean audio is exactly 0 (synthetic speech has digital silenc
 0 and the perturbation stays 0. That is the attack's premise (the perturbation follows the
 speech envelope; perturbing silence is what a listener hears first), so it is kept as defined,
 sample by sample; the price is fewer samples to perturb. The sparse wrapper's l0 step
-(`attacks.sparse.joint_score`) never spends its budget on such samples.
+(`attacks.sparse.joint_score`) never spends its budget on such samples, and ranks the others in
+the bound's own units |delta_i| / (r |x_i|) (the box exposes its bounds as `box.limits`).
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def ipc(model, inputs, labels: Sequence[str], *, targeted: bool = True, lengths=
     def box(d):
         lim = r[:, None] * ax
         return torch.maximum(torch.minimum(d, lim), -lim)
+
+    box.limits = lambda: r[:, None] * ax  # the per-sample bounds, for the sparse l0 step's ranking
 
     def on_success(ok, d):
         r[ok] = r[ok] * shrink

@@ -350,7 +350,7 @@ def penalty(model, data, *, targeted: int | None = None, c: float | str | None =
             xi: float | None = None, p: float = 2, eps: float = 1e-7, box: str = "tanh",
             check_every: int | None = None, check_margin: float = 0.05, escalate: bool | None = None,
             c_factor: float = 3.0, collapse_db: float = 6.0, stall_iters: int | None = None, max_escalations: int = 6,
-            shrink: bool = False,
+            restart: str = "peak", refine: int = 0, refine_kappa: float | None = None, shrink: bool = False,
             shrink_steps: int = 6, key: str | None = None, seed: int = 0, eval_batch_size: int = 100,
             progress: bool = True, callback: Callable | None = None):
     """Penalty method for universal perturbations (Abdoli et al. Sec. 3.2, Algorithm 1, Eqs. 4-11).
@@ -393,12 +393,32 @@ def penalty(model, data, *, targeted: int | None = None, c: float | str | None =
     shrink: after the stopping rule holds, scale v down by bisection (``shrink_steps`` halvings) to the
     quietest alpha v whose crafting success still meets 1 - delta (Adam's last step usually overshoots).
 
-    Returns (v, history) with v (T,) in the waveform domain and one record per iteration.
+    restart: where Adam restarts after an escalation of c: "peak" (the loudest v' seen; the default) or "zero"
+    (v' = 0, as if the run had started with the escalated c: the energy v gathered on the way to the collapse
+    and after it is discarded; the iterations already spent still count toward ``max_iter``).
+
+    refine (our extension beyond Algorithm 1; 0 = off, the paper's behaviour): once the Eq. 3 stop holds, run
+    up to ``refine`` more Adam iterations (fresh moments, no escalation) on the same SPL(v') + c * mean G and
+    return the quietest v whose full crafting-set success still meets 1 - delta (never louder than the v at the
+    stop). Only iterates quieter than the best so far whose mini-batch estimate is within ``check_margin`` of
+    the goal get the full check; the crafting set alone decides, never held-out data. A run that does not
+    reach the stop within ``max_iter`` is not refined. ``refine_kappa`` replaces kappa during refine (None:
+    keep kappa). A floor of 0 (points already fooled stop pulling, so SPL strips every bit of energy the
+    others do not need) overfits the crafting set: measured on synth-commands logmel-cnn targeted, 200
+    crafting clips, test success 0.758 (39.4 dB) against 0.985 (34.1 dB) with kappa kept (notes/uap-bar.md).
+
+    Returns (v, history) with v (T,) in the waveform domain and one record per iteration (refine iterations
+    carry ``phase: "refine"``; the first one that met the stop carries ``stop: True``; with refine the last
+    record holds ``returned_iter``, the iteration whose v is returned, and that v's crafting success).
     """
     from tqdm import tqdm
 
     if box not in ("tanh", "clip"):
         raise ValueError(f"box must be 'tanh' or 'clip', not {box!r}")
+    if restart not in ("peak", "zero"):
+        raise ValueError(f"restart must be 'peak' or 'zero', not {restart!r}")
+    if refine < 0:
+        raise ValueError(f"refine must be >= 0 iterations, not {refine}")
     auto = isinstance(c, str)
     if auto and c != "auto":
         raise ValueError(f"c must be a number, None (paper default) or 'auto', not {c!r}")
@@ -428,10 +448,14 @@ def penalty(model, data, *, targeted: int | None = None, c: float | str | None =
     start = time.perf_counter()
     current = lambda: perturbation_from_tanh(vp.detach(), eps) if box == "tanh" else vp.detach().clone()
     full_rate = lambda v: success_rate(model, inputs, v, ref, target=t, batch_size=eval_batch_size, key=key)
+    loudness = lambda v: float(_spl(v.reshape(1, -1))[0])
     peak_s, peak_vp, escalations = -math.inf, None, 0
     recent, best_ma, last_up = [], -1.0, 0   # stall detection: moving average of the batch success
     next_check, wait = 0, 1             # back-off of the estimate-triggered full checks
-    for k in tqdm(range(max_iter), desc="penalty", leave=False, disable=not progress):
+    best = None                         # refine phase: (SPL, v, iteration, crafting success) of the quietest v at the goal
+    kappa_now, k, end = kappa, 0, max_iter
+    bar = tqdm(total=max_iter + refine, desc="penalty", leave=False, disable=not progress)
+    while k < end:
         if pos + S > len(order):
             order, pos = torch.randperm(len(labels), generator=g), 0
         idx = order[pos:pos + S]
@@ -440,13 +464,15 @@ def penalty(model, data, *, targeted: int | None = None, c: float | str | None =
         tgt = labels[idx] if t is None else torch.full_like(labels[idx], t)
         logits = model(with_audio(take(inputs, idx), xb, key))
         opt.zero_grad()
-        loss, s, G = penalty_loss(logits, tgt, vp, targeted=t is not None, c=c_now, kappa=kappa)
+        loss, s, G = penalty_loss(logits, tgt, vp, targeted=t is not None, c=c_now, kappa=kappa_now)
         loss.backward()
         with torch.no_grad():           # running estimate of Eq. 3 from the logits already computed
             est = float(is_adversarial(logits.argmax(1), ref[idx] if t is None else tgt, t is not None).float().mean())
         s_val = float(s.detach())
         rec = {"iter": k + 1, "c": c_now, "loss": float(loss.detach()), "spl": s_val,
                "hinge": float(G.detach().mean()), "batch_success": est}
+        if best is not None:
+            rec["phase"] = "refine"
         if k == 0 and c_now > 0:        # v' = 0: SPL has no gradient there, the gradient is c grad G
             rec["c_star"] = first_step_c(vp.grad / c_now, lr)
         if s_val > peak_s:
@@ -457,16 +483,16 @@ def penalty(model, data, *, targeted: int | None = None, c: float | str | None =
             best_ma, last_up = ma, k
         why = ("collapse" if s_val < peak_s - collapse_db and est < 1 - delta else
                "stall" if stall_iters and k - last_up >= stall_iters and ma < 1 - delta else None)
-        if escalate and why and escalations < max_escalations:
-            # raise c and restart Adam from the loudest v' seen (its moments are the collapse's)
+        if escalate and why and escalations < max_escalations and best is None:
+            # raise c and restart Adam (its moments are the collapse's) from the loudest v' seen or from 0
             escalations += 1
             recent, best_ma, last_up = [], -1.0, k
             rec["escalation"] = why
             c_now *= c_factor
             with torch.no_grad():
-                vp.copy_(peak_vp)
+                vp.copy_(peak_vp if restart == "peak" else torch.zeros_like(vp))
             opt = torch.optim.Adam([vp], lr=lr)
-            peak_s = float(_spl(vp.detach().reshape(1, -1))[0])
+            peak_s = float(_spl(vp.detach().reshape(1, -1))[0]) if restart == "peak" else -math.inf
             rec["escalated_to"] = c_now
             next_check, wait = 0, 1
         else:
@@ -476,20 +502,41 @@ def penalty(model, data, *, targeted: int | None = None, c: float | str | None =
                     vp.copy_(project(vp, p, xi))
         rec["time_s"] = time.perf_counter() - start
         done = False
-        gated = est >= 1 - delta - check_margin and k >= next_check
-        if gated or (check_every and (k + 1) % check_every == 0) or k + 1 == max_iter:
+        if best is None:
+            gated = est >= 1 - delta - check_margin and k >= next_check
+            if gated or (check_every and (k + 1) % check_every == 0) or k + 1 == max_iter:
+                v = current()
+                rec["success_rate"] = full_rate(v)
+                rec.update(_summary(v))
+                done = rec["success_rate"] >= 1 - delta
+                if gated and not done:
+                    next_check, wait = k + 1 + wait, min(2 * wait, 8)
+        else:                           # refine: only a quieter iterate can replace the best
             v = current()
-            rec["success_rate"] = full_rate(v)
-            rec.update(_summary(v))
-            done = rec["success_rate"] >= 1 - delta
-            if gated and not done:
-                next_check, wait = k + 1 + wait, min(2 * wait, 8)
+            if est >= 1 - delta - check_margin and loudness(v) < best[0]:
+                rec["success_rate"] = full_rate(v)
+                rec.update(_summary(v))
+                if rec["success_rate"] >= 1 - delta:
+                    best = (loudness(v), v, k + 1, rec["success_rate"])
         history.append(rec)
         if callback:
             callback(current(), rec)
+        k += 1
+        bar.update(1)
         if done:
-            break
+            rec["stop"] = True
+            if not refine:
+                break
+            v = current()
+            best = (loudness(v), v, k, rec["success_rate"])
+            kappa_now = kappa if refine_kappa is None else refine_kappa
+            opt = torch.optim.Adam([vp], lr=lr)
+            end = k + refine
+    bar.close()
     v = current()
+    if best is not None:
+        v = best[1]
+        history[-1].update({"returned_iter": best[2], "success_rate": best[3], **_summary(v)})
     if shrink and history[-1].get("success_rate", 0.0) >= 1 - delta:
         lo, hi = 0.0, 1.0               # invariant: hi * v meets 1 - delta
         for _ in range(shrink_steps):

@@ -36,6 +36,12 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=100, help="penalty: mini-batch size")
     p.add_argument("--shrink", action="store_true",
                    help="penalty: scale v down to the quietest multiple that still meets 1 - delta on the crafting set")
+    p.add_argument("--restart", choices=["peak", "zero"], default="peak",
+                   help="penalty: after an escalation of c, resume from the loudest v' seen (default) or restart from 0")
+    p.add_argument("--refine", type=int, default=0,
+                   help="penalty: extra iterations after the stopping rule holds, returning the quietest v that still meets "
+                        "it on the crafting set (our extension beyond Algorithm 1; 0 = off; opt-in, see notes/uap-bar.md)")
+    p.add_argument("--refine-kappa", type=float, default=None, help="penalty: hinge floor during --refine (default: --kappa)")
     p.add_argument("--box", choices=["tanh", "clip"], default="tanh", help="penalty: box constraint by tanh (Eqs. 7-9) or clipping")
     p.add_argument("--delta", type=float, default=0.1, help="stop at crafting success >= 1 - delta")
     p.add_argument("--xi", type=float, default=None, help="l_p radius (iterative: default 0.2 / 0.12 l_inf; penalty: optional l2)")
@@ -126,7 +132,8 @@ def run_universal(args) -> int:
         c = "auto" if args.c == "auto" else None if args.c == "paper" else float(args.c)
         kw = dict(c=c, kappa=args.kappa, lr=args.lr, max_iter=args.max_iter, batch_size=args.batch_size,
                   box=args.box, xi=args.xi, p=2 if p is None else p, shrink=args.shrink,
-                  escalate=args.escalate if isinstance(c, float) else None)
+                  escalate=args.escalate if isinstance(c, float) else None, restart=args.restart,
+                  refine=args.refine, refine_kappa=args.refine_kappa)
     else:
         kw = dict(xi=args.xi, p=math.inf if p is None else p, attack=args.inner, max_passes=args.max_passes,
                   batch_size=args.inner_batch, aggregate=args.aggregate)
@@ -156,7 +163,9 @@ def run_universal(args) -> int:
     if args.method == "penalty":        # the c finally used (c = auto: after any escalation)
         metrics.update(c_final=history[-1]["c"], c_start=history[0]["c"],
                        c_escalations=[r["iter"] for r in history if "escalated_to" in r],
-                       shrink_scale=history[-1].get("shrink_scale"))
+                       shrink_scale=history[-1].get("shrink_scale"),
+                       stop_iter=next((r["iter"] for r in history if r.get("stop")), None),
+                       returned_iter=history[-1].get("returned_iter"))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"{args.method} {'untargeted' if target is None else 'target ' + classes[target]}: "
           f"craft success {m_craft['success_rate']:.3f}, test success {m_test['success_rate']:.3f}, "
