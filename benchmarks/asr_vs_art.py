@@ -330,10 +330,13 @@ def report(path: Path, meta: dict, summaries: list[dict]) -> None:
             f"[-1, 1] audio (CW: eps {meta['defaults']['art']['cw']['eps'] * INT16:.4g}, step "
             f"{meta['defaults']['art']['cw']['learning_rate'] * INT16:.3g}); everything else as ART sets it. ART "
             "always runs all max_iter iterations on each chunk of batch_size utterances",
-            f"  - ours: all defaults; the only setting is the stop rule of the row (`patience={meta['patience']}`: a "
-            "successful utterance leaves the batch once its bound has not shrunk for that many steps, fixed before "
-            f"the run as 10% of max_iter, the proportion of the equal-budget run's patience=10 of 100; "
-            f"`stop_after={meta['stop_after']}`); `ours` without a stop rule runs the whole budget",
+            "  - ours: all defaults; the only setting is the stop rule of the row"
+            + (f"; `patience={meta['patience']}`: a successful utterance leaves the batch once its bound has not "
+               "shrunk for that many steps (default: 10% of max_iter, the proportion of the equal-budget run's "
+               "patience=10 of 100)" if "ours-patience" in meta["libs"] else "")
+            + (f"; `stop_after={meta['stop_after']}`: an utterance leaves after that many successes"
+               if "ours-early" in meta["libs"] else "")
+            + ("; `ours` without a stop rule runs the whole budget" if "ours" in meta["libs"] else ""),
         ]
         if meta.get("cap"):
             lines.append(f"  - **smoke test: every iteration count capped at {meta['cap']} (`--cap`), not the defaults**")
@@ -410,7 +413,7 @@ def main(argv=None) -> int:
     p.add_argument("--stop-after", type=int, default=3, help="ours-early: successes before an utterance stops")
     p.add_argument("--patience", type=int, default=None,
                    help="ours-patience: steps without a new success before a successful utterance stops "
-                        "(default: 10%% of the stage-1 budget, i.e. 10 with --budget equal, 100 with default)")
+                        "(default: 10 with --budget equal; 10%% of cw_ctc's max_iter, i.e. 100, with --budget default)")
     p.add_argument("--batch-size", type=int, default=0, help="ours: utterances per batch (0: all)")
     p.add_argument("--art-batch-size", type=int, default=0, help="ART batch size (0: ART's default per attack)")
     p.add_argument("--cap", type=int, default=None,
@@ -426,8 +429,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.patience is None:
         import inspect
-        budget = args.iters if args.budget == "equal" else inspect.signature(cw_ctc).parameters["max_iter"].default
-        args.patience = max(1, budget // 10)
+        # equal: 10 (as before); default: 10% of cw_ctc's default max_iter, the same proportion as 10 of 100
+        args.patience = 10 if args.budget == "equal" else inspect.signature(cw_ctc).parameters["max_iter"].default // 10
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
