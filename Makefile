@@ -67,8 +67,9 @@ reproduce-zoo: $(VENV)/.core
 # slower machine gets fewer steps in the same time). Table:
 # results/sparse.md (+ results/sparse.jsonl, per-configuration means; also runs/reproduce_sparse_300/summary.md);
 # per-utterance JSONL runs/reproduce_sparse_300/results.jsonl, kept: an interrupted run resumes where it
-# stopped (SPARSE_ARGS=--fresh starts it anew). 300 steps, patience 40 (the script's defaults): ~60-90 min
-# on one niced thread of a loaded 2-core box.
+# stopped (SPARSE_ARGS=--fresh starts it anew). 300 steps, patience 40 (the script's defaults): 143 min of
+# single-thread attack time on a 2-core box loaded 7-9 (notes/sparse-300.md); session 2's 300-step runs
+# at lower load took 2.9-3.8 s per utterance, i.e. ~40 min for the 12 configurations.
 runs/asr/model.safetensors: | $(VENV)/.dev
 	$(BIN)/audioadv train-asr --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --minutes 47 --epochs 100 --out runs/asr-v2
 	$(BIN)/audioadv train-asr --init runs/asr-v2 --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --minutes 12 --lr 7e-4 --epochs 100 --out runs/asr

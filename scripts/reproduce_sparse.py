@@ -192,7 +192,8 @@ def main(argv=None) -> int:
                desc=f"{len(plan)} configurations" + (f" ({kept} rows resumed)" if kept else ""))
     for name, s, cfg, todo in plan:
         attack = ATTACKS[name] if s == 0 else sparse(ATTACKS[name], s, ramp=args.ramp)
-        bar.set_postfix_str(cfg)
+        if todo:
+            bar.set_postfix_str(cfg)
         for b in range(0, len(todo), args.batch_size):
             js = todo[b:b + args.batch_size]
             wav, lengths = pad_batch([data.waves[chosen[j]] for j in js])
