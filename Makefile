@@ -65,11 +65,10 @@ reproduce-zoo: $(VENV)/.core
 # sentences, 16 s batches, per-utterance log-mel normalisation, then 12 min with the grammar 3x
 # oversampled; test CER 0.057 grammar / 0.197 open-unseen, greedy; schedules follow the clock, so a
 # slower machine gets fewer steps in the same time). Table:
-# results/sparse.md (+ results/sparse.jsonl, per-configuration means; also runs/reproduce_sparse_300/summary.md);
-# per-utterance JSONL runs/reproduce_sparse_300/results.jsonl, kept: an interrupted run resumes where it
-# stopped (SPARSE_ARGS=--fresh starts it anew). 300 steps, patience 40 (the script's defaults): 143 min of
-# single-thread attack time on a 2-core box loaded 7-9 (notes/sparse-300.md); session 2's 300-step runs
-# at lower load took 2.9-3.8 s per utterance, i.e. ~40 min for the 12 configurations.
+# results/sparse.md (+ results/sparse.jsonl, per-configuration means; also runs/reproduce_sparse_500/summary.md);
+# per-utterance JSONL runs/reproduce_sparse_500/results.jsonl, kept: an interrupted run resumes where it
+# stopped (SPARSE_ARGS=--fresh starts it anew). 500 steps, patience 40 (the script's defaults): 55 min of
+# single-thread attack time (three processes side by side on 2 cores took 19 min; session 3).
 runs/asr/model.safetensors: | $(VENV)/.dev
 	$(BIN)/audioadv train-asr --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --minutes 47 --epochs 100 --out runs/asr-v2
 	$(BIN)/audioadv train-asr --init runs/asr-v2 --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --minutes 12 --lr 7e-4 --epochs 100 --out runs/asr
@@ -83,7 +82,7 @@ runs/asr-gpu/model.safetensors: | $(VENV)/.dev
 	$(BIN)/audioadv train-asr --data 'synth-phrases?n=8000' --data 'synth-phrases?n=8000' --data 'synth-phrases?n=8000' --data 'synth-phrases?source=open&n=40000' --device cuda --batch-seconds 192 --eval-every 500 --reverb 0.3 --epochs 1000 --minutes 3.2 --lr 7e-4 --init runs/asr-gpu-stage1 --out runs/asr-gpu
 
 reproduce-sparse: $(VENV)/.dev runs/asr/model.safetensors
-	$(BIN)/python scripts/reproduce_sparse.py --model runs/asr --out runs/reproduce_sparse_300 --max-iter 300 --patience 40 --table results/sparse.md $(SPARSE_ARGS)
+	$(BIN)/python scripts/reproduce_sparse.py --model runs/asr --out runs/reproduce_sparse_500 --max-iter 500 --patience 40 --table results/sparse.md $(SPARSE_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .cache

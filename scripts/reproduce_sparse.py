@@ -6,7 +6,7 @@ on N test utterances (voices never heard in training) that the recogniser transc
 each with a target transcript drawn (seeded) from another test phrase no longer than its own.
 
 Protocol (identical for the dense and the sparse runs of an attack; see `attack_kwargs`): Adam
-(lr 5e-3) for at most 300 steps from a loose start (CW tau 0.1, IPC ratio 1.0); CW / IPC without
+(lr 5e-3) for at most 500 steps from a loose start (CW tau 0.1, IPC ratio 1.0); CW / IPC without
 the l2 term (CW's released code's default), so the loudness is set by the bound that shrinks on
 every success (CW: tau <- 0.8 min(tau, ||delta||_inf), IPC: ratio x0.9);
 an utterance stops once 40 steps have passed without a new success (its bound no longer shrinks),
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", default="0,0.4,0.3,0.5", help="0 = dense; run in this order")
     p.add_argument("--ramp", type=float, default=0.1, help="fraction of --max-iter over which the sparsity ramps up")
     p.add_argument("--batch-size", type=int, default=25, help="utterances per batch (sorted by length)")
-    p.add_argument("--max-iter", type=int, default=300)
+    p.add_argument("--max-iter", type=int, default=500)
     p.add_argument("--stop-after", type=int, default=0,
                    help="an utterance stops after this many successes (0: off)")
     p.add_argument("--patience", type=int, default=40,
