@@ -167,6 +167,27 @@ def library_defaults() -> dict:
     return out
 
 
+def run_ours(lib, attack, model, clean, targets, args, cw_kwargs: dict, imperceptible_kwargs: dict):
+    """Ours in padded batches of `--batch-size` (0: all), with the row's stop rule (`ours-early`:
+    stop_after, `ours-patience`: patience) and the attack's keyword arguments. Returns the
+    adversarial waveforms and per-utterance steps / first success."""
+    stop = args.stop_after if lib == "ours-early" else None
+    patience = args.patience if lib == "ours-patience" else None
+    bs = args.batch_size or len(clean)
+    advs, info = [], []
+    for s in range(0, len(clean), bs):
+        wav, lengths = pad_batch([torch.as_tensor(w) for w in clean[s:s + bs]])
+        tg, inf = targets[s:s + bs], {}
+        if attack == "cw":
+            adv = cw_ctc(model, wav, tg, lengths=lengths, stop_after=stop, patience=patience, info=inf, **cw_kwargs)
+        else:
+            adv = imperceptible(model, wav, tg, lengths=lengths, stop_after=stop, patience=patience, info=inf,
+                                **imperceptible_kwargs)
+        advs += [adv[i, :int(lengths[i])].numpy() for i in range(len(tg))]
+        info += [{"steps": int(a), "first_success": int(b)} for a, b in zip(inf["steps"], inf["iterations"])]
+    return advs, info
+
+
 def run_default(lib, attack, model, clean, targets, args):
     """`--budget default`: every library as a user calls it, i.e. its own defaults for budget, bound,
     step and batching. Only the stop rule of ours (`ours-patience` / `ours-early`) is set, and ART's
@@ -174,22 +195,9 @@ def run_default(lib, attack, model, clean, targets, args):
     `args.cap` (warm-up only) caps every iteration count."""
     cap = args.cap
     if lib in ("ours", "ours-early", "ours-patience"):
-        stop = args.stop_after if lib == "ours-early" else None
-        patience = args.patience if lib == "ours-patience" else None
-        bs = args.batch_size or len(clean)
-        advs, info = [], []
-        for s in range(0, len(clean), bs):
-            wav, lengths = pad_batch([torch.as_tensor(w) for w in clean[s:s + bs]])
-            tg, inf = targets[s:s + bs], {}
-            if attack == "cw":
-                adv = cw_ctc(model, wav, tg, lengths=lengths, stop_after=stop, patience=patience, info=inf,
-                             **({"max_iter": cap} if cap else {}))
-            else:
-                adv = imperceptible(model, wav, tg, lengths=lengths, stop_after=stop, patience=patience, info=inf,
-                                    **({"max_iter_stage1": cap, "max_iter_stage2": cap} if cap else {}))
-            advs += [adv[i, :int(lengths[i])].numpy() for i in range(len(tg))]
-            info += [{"steps": int(a), "first_success": int(b)} for a, b in zip(inf["steps"], inf["iterations"])]
-        return advs, info
+        return run_ours(lib, attack, model, clean, targets, args,
+                        {"max_iter": cap} if cap else {},
+                        {"max_iter_stage1": cap, "max_iter_stage2": cap} if cap else {})
     if lib == "asr-attacks":
         from asr_attacks import ASRAttacker, CTCModuleBackend
         labels = ["-"] + list(model.vocab.chars)
@@ -234,21 +242,10 @@ def run_library(lib, attack, model, clean, targets, args):
     if args.budget == "default":
         return run_default(lib, attack, model, clean, targets, args)
     if lib in ("ours", "ours-early", "ours-patience"):
-        stop = args.stop_after if lib == "ours-early" else None
-        patience = args.patience if lib == "ours-patience" else None
-        bs = args.batch_size or len(clean)
-        advs = []
-        for s in range(0, len(clean), bs):
-            wav, lengths = pad_batch([torch.as_tensor(w) for w in clean[s:s + bs]])
-            tg = targets[s:s + bs]
-            if attack == "cw":
-                adv = cw_ctc(model, wav, tg, lengths=lengths, tau=args.eps, lr=args.lr, shrink=args.shrink,
-                             max_iter=args.iters, stop_after=stop, patience=patience)
-            else:
-                adv = imperceptible(model, wav, tg, lengths=lengths, tau=args.eps, lr_stage1=args.lr,
-                                    max_iter_stage1=args.iters, lr_stage2=args.lr2, max_iter_stage2=args.iters2,
-                                    stop_after=stop, patience=patience)
-            advs += [adv[i, :int(lengths[i])].numpy() for i in range(len(tg))]
+        advs, _ = run_ours(lib, attack, model, clean, targets, args,
+                           dict(tau=args.eps, lr=args.lr, shrink=args.shrink, max_iter=args.iters),
+                           dict(tau=args.eps, lr_stage1=args.lr, max_iter_stage1=args.iters, lr_stage2=args.lr2,
+                                max_iter_stage2=args.iters2))
         return advs, None
     if lib == "asr-attacks":
         from asr_attacks import ASRAttacker, CTCModuleBackend
