@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shlex
 import sys
 import time
@@ -58,6 +57,7 @@ import torch
 from audioadv.asr_train import load_utterances, pad_batch
 from audioadv.attacks import cw_ctc, imperceptible
 from audioadv.attacks._ctc import asr_report
+from audioadv.data.targets import open_targets, select
 from audioadv.models.asr import load_recognizer, transcribe
 
 INT16 = 1.0 / 32768  # the papers' step sizes and bounds are on the int16 scale
@@ -120,23 +120,6 @@ def ragged(waves) -> np.ndarray:
         arr[i] = np.asarray(w, dtype=np.float32)
     return arr
 
-
-def open_targets(originals, seed: int) -> list[str]:
-    """Open-vocabulary targets: words from the open vocabulary, the first one held out of training,
-    as many as fit in the source transcript's length (at least one)."""
-    from audioadv.data.phrases_open import open_vocabulary
-    train_words, held = open_vocabulary()
-    rng = random.Random(f"open-targets-{seed}")
-    out = []
-    for o in originals:
-        words = [rng.choice([w for w in held if len(w) <= max(len(o), 2)] or held)]
-        while True:
-            w = rng.choice(train_words + held)
-            if len(" ".join(words + [w])) > len(o):
-                break
-            words.append(w)
-        out.append(" ".join(words))
-    return out
 
 
 def library_defaults() -> dict:
@@ -448,9 +431,6 @@ def main(argv=None) -> int:
         return 0
 
     parent = json.loads(args.meta) if args.meta else {"jobs": 1, "argv": list(argv if argv is not None else sys.argv[1:])}
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from reproduce_sparse import select
-
     import art
     model_dir = Path(args.model).resolve()
     cfg = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").is_file() else {}

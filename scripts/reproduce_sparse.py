@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from tqdm import tqdm
 from audioadv.asr_train import load_utterances, pad_batch
 from audioadv.attacks import cw_ctc, imperceptible, ipc, sparse
 from audioadv.attacks._ctc import asr_report
+from audioadv.data.targets import select  # noqa: F401  (also imported from here by older callers)
 from audioadv.models.asr import load_recognizer, transcribe
 
 ATTACKS = {"cw": cw_ctc, "ipc": ipc, "imperceptible": imperceptible}
@@ -52,38 +52,6 @@ def attack_kwargs(name: str, args) -> dict:
     return dict(tau=args.tau, lr_stage1=args.lr, max_iter_stage1=args.max_iter, c=args.c,
                 lr_stage2=args.lr_stage2, max_iter_stage2=args.max_iter_stage2, **stop)
 
-
-def select(model, data, n: int, seed: int, require_correct: bool = True):
-    """First n utterances (seeded order) transcribed correctly (any, with require_correct=False),
-    each with a target from another phrase: different text, at most as many characters."""
-    order = list(range(len(data)))
-    random.Random(seed).shuffle(order)
-    refs = [model.normalize_text(t) for t in data.texts]
-    chosen, wrong = [], []
-    for start in range(0, len(order), 64):
-        idx = order[start:start + 64]
-        wav, lengths, _ = data.batch(idx)
-        for i, hyp in zip(idx, transcribe(model, wav, lengths)):
-            if (hyp == refs[i] or not require_correct) and len(chosen) < n + 5:
-                chosen.append(i)
-            elif hyp != refs[i]:
-                wrong.append(i)
-        if len(chosen) >= n + 5:
-            break
-    if len(chosen) < n + 5:  # top up with utterances the model gets wrong (the report says how many)
-        print(f"only {len(chosen)} of {len(data)} utterances are transcribed correctly; "
-              f"topping up with others", file=sys.stderr)
-        chosen += wrong[:n + 5 - len(chosen)]
-    rng = random.Random(seed + 1)
-    pool = sorted(set(refs))
-    kept, targets = [], []
-    for i in chosen:
-        options = [t for t in pool if t != refs[i] and len(t) <= len(refs[i])]
-        if options:  # the very shortest phrases have no shorter target and are left out
-            kept.append(i)
-            targets.append(rng.choice(options))
-    kept, targets = kept[:n], targets[:n]
-    return kept, [refs[i] for i in kept], targets
 
 
 def summarize(rows: list[dict]) -> dict:

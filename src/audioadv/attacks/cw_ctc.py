@@ -14,9 +14,11 @@ import torch
 
 from . import _ctc
 
+INT16_STEP = 100 / 32768  # CW's released attack.py (--lr 100) and Qin et al.'s stage 1, int16 scale
+
 
 def cw_ctc(model, inputs, labels: Sequence[str], *, targeted: bool = True, lengths=None, tau: float = 0.05,
-           shrink: float = 0.8, lr: float = 1e-3, max_iter: int = 1000, c: float = 1.0, l2_weight: float = 1.0,
+           shrink: float = 0.8, lr: float = INT16_STEP, max_iter: int = 1000, c: float = 1.0, l2_weight: float = 1.0,
            project=None, stop_after: int | None = None, patience: int | None = None,
            info: dict | None = None):
     """Carlini-Wagner CTC attack (CW 2018, Sec. IV), batched over utterances of different lengths.
@@ -25,7 +27,10 @@ def cw_ctc(model, inputs, labels: Sequence[str], *, targeted: bool = True, lengt
     [-1, 1] (zero padded; `lengths` in samples) or a dict with "audio". labels: target transcripts
     (targeted, default) or the original ones (untargeted: the CTC loss of them is maximised).
     tau: initial l_inf bound (CW: 2000 / 32768 ~ 0.06; shrunk by `shrink` on every success).
-    lr: Adam step (CW: 10 / 32768 per step over 1000+ iterations; larger here to converge in fewer).
+    lr: Adam step, 100 / 32768: the step of CW's released code (its `--lr 100` on the int16 scale, 1000
+    iterations) and of Qin et al.'s stage 1; ART uses the same. (Until 2026-11 the default was 1e-3,
+    which on 30 held-out utterances reached the target 2-3x later and missed 1 open-vocabulary target of
+    30 within 1000 steps, at the same loudness: benchmarks/cw_step_check.py, results/cw_step_check.md.)
     c, l2_weight: weights of the CTC and ||delta||^2 terms (l2_weight=0 is the setting of CW's
     released code, whose l2 penalty is off by default: the loudness is then set by the shrinking
     tau alone, an l_inf-minimising attack). project: per-iteration projection hook (e.g. the l0

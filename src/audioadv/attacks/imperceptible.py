@@ -20,11 +20,11 @@ import torch
 
 from ..signal.masking import masking_loss, masking_threshold
 from . import _ctc
-from .cw_ctc import cw_ctc
+from .cw_ctc import INT16_STEP, cw_ctc
 
 
 def imperceptible(model, inputs, labels: Sequence[str], *, targeted: bool = True, lengths=None,
-                  tau: float = 0.05, lr_stage1: float = 1e-3, max_iter_stage1: int = 1000, c: float = 1.0,
+                  tau: float = 0.05, lr_stage1: float = INT16_STEP, max_iter_stage1: int = 1000, c: float = 1.0,
                   lr_stage2: float = 1e-4, max_iter_stage2: int = 4000, alpha: float = 0.05,
                   alpha_up: float = 1.2, alpha_down: float = 0.8, up_every: int = 20, down_every: int = 50,
                   alpha_min: float = 5e-4, loss_scale: float = 1.0, stop_after: int | None = None,

@@ -1,0 +1,83 @@
+"""`audioadv attack-asr` on the toy recogniser of tests/_asr_toy.py: WAVs in, adversarial WAVs and
+per-utterance rows out, resume, refusal of other settings, clear errors."""
+import json
+
+import pytest
+import torch
+
+from _asr_toy import SR, batch, train_toy
+from audioadv.cli import main
+from audioadv.io import load, save
+from audioadv.models.asr import save_recognizer, transcribe
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attack_asr")
+    model = train_toy()
+    save_recognizer(model, root / "asr")
+    x, lengths = batch(["abcd", "dcb"], seed=9)
+    wavs = []
+    for i, name in enumerate(["one", "two"]):
+        save(root / f"{name}.wav", x[i, :int(lengths[i])], SR, subtype="FLOAT")
+        wavs.append(str(root / f"{name}.wav"))
+    (root / "targets.txt").write_text("abdd\ndab\n")
+    return root, wavs
+
+
+def test_attack_asr_writes_adversarial_wavs_and_rows(setup, capsys):
+    root, wavs = setup
+    out = root / "run"
+    args = ["attack-asr", str(root / "asr"), "--wav", *wavs, "--targets", str(root / "targets.txt"), "--attack", "cw",
+            "--tau", "0.2", "--lr", "3e-3", "--max-iter", "60", "--out", str(out)]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == ["one", "two"]
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["settings"]["tau"] == 0.2 and settings["settings"]["max_iter"] == 60
+    assert settings["settings"]["shrink"] == 0.8  # defaults not given are recorded too
+    from audioadv.models.asr import load_recognizer
+    model = load_recognizer(root / "asr")
+    for r in rows:
+        assert r["target"] == {"one": "abdd", "two": "dab"}[r["id"]] and r["original"] == r["clean_decoded"]
+        adv = load(out / r["wav"], SR)
+        assert transcribe(model, adv[None], torch.tensor([len(adv)]))[0] == r["decoded"]  # the file is the result
+        assert r["success"] == (r["decoded"] == r["target"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["successes"] == sum(r["success"] for r in rows) >= 1
+    # a rerun resumes (nothing to do); other settings are refused, naming what differs
+    assert main(args) == 0
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
+    assert main(args[:-2] + ["--sparsity", "0.4", "--out", str(out)]) == 2
+    assert "sparsity" in capsys.readouterr().err
+
+
+def test_attack_asr_sparse_and_pcm16(setup):
+    root, wavs = setup
+    out = root / "sparse"
+    assert main(["attack-asr", str(root / "asr"), "--wav", wavs[0], "--target", "abdd", "--sparsity", "0.4", "--tau", "0.2",
+                 "--lr", "3e-3", "--max-iter", "80", "--pcm16", "--out", str(out)]) == 0
+    row = json.loads((out / "results.jsonl").read_text())
+    assert "success_saved" in row and row["l0"] <= 0.6 + 1e-6  # at most 60% of the samples changed
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--target", ""], "--target is empty"),
+    (["--targets", "/nonexistent/t.txt"], "not found"),
+    (["--target", "ab", "--ratio", "0.5"], "--ratio does not apply to --attack cw"),
+    (["--target", "ab", "--sparsity", "1.5"], "--sparsity must lie in [0, 1)"),
+    (["--target", "xyz"], "has no character the recogniser knows"),
+])
+def test_attack_asr_bad_input_is_one_clear_line(setup, capsys, extra, message):
+    root, wavs = setup
+    assert main(["attack-asr", str(root / "asr"), "--wav", wavs[0], *extra, "--out", str(root / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_attack_asr_names_a_bad_wav(setup, capsys, tmp_path):
+    root, _ = setup
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"not a wav")
+    assert main(["attack-asr", str(root / "asr"), "--wav", str(bad), "--target", "ab", "--out", str(tmp_path / "o")]) == 2
+    assert "broken.wav" in capsys.readouterr().err
