@@ -150,11 +150,21 @@ def library_defaults() -> dict:
     return out
 
 
+OURS = ("ours", "ours-early", "ours-patience")
+
+
+def stop_after_of(lib: str, args) -> int | None:
+    """`ours-early` stops after --stop-after successes, `ours-early:K` after K (several rows, one run)."""
+    if not lib.startswith("ours-early"):
+        return None
+    return int(lib.split(":")[1]) if ":" in lib else args.stop_after
+
+
 def run_ours(lib, attack, model, clean, targets, args, cw_kwargs: dict, imperceptible_kwargs: dict):
     """Ours in padded batches of `--batch-size` (0: all), with the row's stop rule (`ours-early`:
     stop_after, `ours-patience`: patience) and the attack's keyword arguments. Returns the
     adversarial waveforms and per-utterance steps / first success."""
-    stop = args.stop_after if lib == "ours-early" else None
+    stop = stop_after_of(lib, args)
     patience = args.patience if lib == "ours-patience" else None
     bs = args.batch_size or len(clean)
     advs, info = [], []
@@ -177,7 +187,7 @@ def run_default(lib, attack, model, clean, targets, args):
     int16-scale eps / learning rates are scaled by 2^-15 as ART documents for [-1, 1] audio.
     `args.cap` (warm-up only) caps every iteration count."""
     cap = args.cap
-    if lib in ("ours", "ours-early", "ours-patience"):
+    if lib.split(":")[0] in OURS:
         return run_ours(lib, attack, model, clean, targets, args,
                         {"max_iter": cap} if cap else {},
                         {"max_iter_stage1": cap, "max_iter_stage2": cap} if cap else {})
@@ -224,7 +234,7 @@ def run_library(lib, attack, model, clean, targets, args):
     """Adversarial waveforms (list of 1-D arrays) from one library, and per-utterance extras (or None)."""
     if args.budget == "default":
         return run_default(lib, attack, model, clean, targets, args)
-    if lib in ("ours", "ours-early", "ours-patience"):
+    if lib.split(":")[0] in OURS:
         advs, _ = run_ours(lib, attack, model, clean, targets, args,
                            dict(tau=args.eps, lr=args.lr, shrink=args.shrink, max_iter=args.iters),
                            dict(tau=args.eps, lr_stage1=args.lr, max_iter_stage1=args.iters, lr_stage2=args.lr2,
@@ -288,6 +298,9 @@ def report(path: Path, meta: dict, summaries: list[dict]) -> None:
                       "ours-patience": f"ours (defaults, patience={meta['patience']})",
                       "art": f"ART {meta['art_version']} (defaults)",
                       "asr-attacks": f"asr-attacks {meta['asr_attacks_version']} (defaults)"})
+    for lib in meta["libs"]:
+        if lib.startswith("ours-early:"):
+            names[lib] = f"ours ({'defaults' if meta.get('budget') == 'default' else 'batched'}, stop_after={lib.split(':')[1]})"
     lines = [
         "# Targeted speech-to-text attacks: audioadv vs ART vs asr-attacks", "",
         f"Written by `{meta['command']}` (started {meta['started']}, torch {meta['torch']}, {meta['threads']} "
@@ -314,8 +327,8 @@ def report(path: Path, meta: dict, summaries: list[dict]) -> None:
             + (f"; `patience={meta['patience']}`: a successful utterance leaves the batch once its bound has not "
                "shrunk for that many steps (default: 10% of max_iter, the proportion of the equal-budget run's "
                "patience=10 of 100)" if "ours-patience" in meta["libs"] else "")
-            + (f"; `stop_after={meta['stop_after']}`: an utterance leaves after that many successes"
-               if "ours-early" in meta["libs"] else "")
+            + ("; `stop_after=K`: an utterance leaves after K successes (each shrinks its bound x0.8)"
+               if any(lb.startswith("ours-early") for lb in meta["libs"]) else "")
             + ("; `ours` without a stop rule runs the whole budget" if "ours" in meta["libs"] else ""),
         ]
         if meta.get("cap"):
@@ -380,7 +393,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=20)
     p.add_argument("--targets", default="grammar,open", help="grammar and/or open")
     p.add_argument("--attacks", default="cw,imperceptible")
-    p.add_argument("--libs", default="ours,ours-patience,ours-early,art,asr-attacks")
+    p.add_argument("--libs", default="ours,ours-patience,ours-early,art,asr-attacks",
+                   help="rows: ours, ours-patience, ours-early (--stop-after) or ours-early:K, art, asr-attacks")
     p.add_argument("--budget", choices=["equal", "default"], default="equal",
                    help="equal: the settings below for every library; default: each library's own defaults "
                         "(budget, bound, steps, batch size), only ours' stop rule set (--patience / --stop-after)")
