@@ -165,7 +165,9 @@ def run_ours(lib, attack, model, clean, targets, args, cw_kwargs: dict, impercep
     stop_after, `ours-patience`: patience) and the attack's keyword arguments. Returns the
     adversarial waveforms and per-utterance steps / first success."""
     stop = stop_after_of(lib, args)
-    patience = args.patience if lib == "ours-patience" else None
+    patience = None
+    if lib.startswith("ours-patience"):  # `ours-patience:P` sets P (several rows in one run)
+        patience = int(lib.split(":")[1]) if ":" in lib else args.patience
     bs = args.batch_size or len(clean)
     advs, info = [], []
     for s in range(0, len(clean), bs):
@@ -298,9 +300,12 @@ def report(path: Path, meta: dict, summaries: list[dict]) -> None:
                       "ours-patience": f"ours (defaults, patience={meta['patience']})",
                       "art": f"ART {meta['art_version']} (defaults)",
                       "asr-attacks": f"asr-attacks {meta['asr_attacks_version']} (defaults)"})
+    kind = "defaults" if meta.get("budget") == "default" else "batched"
     for lib in meta["libs"]:
         if lib.startswith("ours-early:"):
-            names[lib] = f"ours ({'defaults' if meta.get('budget') == 'default' else 'batched'}, stop_after={lib.split(':')[1]})"
+            names[lib] = f"ours ({kind}, stop_after={lib.split(':')[1]})"
+        if lib.startswith("ours-patience:"):
+            names[lib] = f"ours ({kind}, patience={lib.split(':')[1]})"
     lines = [
         "# Targeted speech-to-text attacks: audioadv vs ART vs asr-attacks", "",
         f"Written by `{meta['command']}` (started {meta['started']}, torch {meta['torch']}, {meta['threads']} "
@@ -324,9 +329,9 @@ def report(path: Path, meta: dict, summaries: list[dict]) -> None:
             f"{meta['defaults']['art']['cw']['learning_rate'] * INT16:.3g}); everything else as ART sets it. ART "
             "always runs all max_iter iterations on each chunk of batch_size utterances",
             "  - ours: all defaults; the only setting is the stop rule of the row"
-            + (f"; `patience={meta['patience']}`: a successful utterance leaves the batch once its bound has not "
-               "shrunk for that many steps (default: 10% of max_iter, the proportion of the equal-budget run's "
-               "patience=10 of 100)" if "ours-patience" in meta["libs"] else "")
+            + ("; `patience=P`: a successful utterance leaves the batch once its bound has not "
+               "shrunk for P steps (`--patience` default: 10% of max_iter, the proportion of the equal-budget run's "
+               "patience=10 of 100)" if any(lb.startswith("ours-patience") for lb in meta["libs"]) else "")
             + ("; `stop_after=K`: an utterance leaves after K successes (each shrinks its bound x0.8)"
                if any(lb.startswith("ours-early") for lb in meta["libs"]) else "")
             + ("; `ours` without a stop rule runs the whole budget" if "ours" in meta["libs"] else ""),
@@ -394,7 +399,8 @@ def main(argv=None) -> int:
     p.add_argument("--targets", default="grammar,open", help="grammar and/or open")
     p.add_argument("--attacks", default="cw,imperceptible")
     p.add_argument("--libs", default="ours,ours-patience,ours-early,art,asr-attacks",
-                   help="rows: ours, ours-patience, ours-early (--stop-after) or ours-early:K, art, asr-attacks")
+                   help="rows: ours, ours-patience (--patience) or ours-patience:P, ours-early (--stop-after) or "
+                        "ours-early:K, art, asr-attacks")
     p.add_argument("--budget", choices=["equal", "default"], default="equal",
                    help="equal: the settings below for every library; default: each library's own defaults "
                         "(budget, bound, steps, batch size), only ours' stop rule set (--patience / --stop-after)")
