@@ -17,6 +17,9 @@ After an escalation of c, v' restarts from 0 (--restart zero; ours, the same for
 row's settings, notes/uap-bar.md); `--restart peak` resumes from the loudest v' seen (penalty()'s library default).
 --refine N (opt-in, off in the table; notes/uap-bar.md) adds N iterations after the Eq. 3 stop and returns the
 quietest v that still meets the stop on the crafting set (--refine-kappa: hinge floor meanwhile, default kappa).
+--kappa-margin A (kappa = A x the median clean logit margin of the crafting clips), --c-retries N (rerun a whole run
+that misses the stop with c x 3) and --stall-iters are opt-in (notes/uap-fsdd.md); --at-snr DB is a diagnostic that
+scales each penalty row's saved v to DB dB mean crafting SNR and reports its success (results/uap_at_snr.md).
 """
 from __future__ import annotations
 
@@ -62,6 +65,15 @@ def parse():
     p.add_argument("--no-escalate", dest="escalate", action="store_false",
                    help="penalty: keep a numeric --c fixed even when v collapses")
     p.add_argument("--kappa", type=float, default=None, help="default: paper's 40 / 10")
+    p.add_argument("--stall-iters", type=int, default=None,
+                   help="penalty: also escalate c when the mini-batch success has not improved by 0.01 for this many "
+                        "iterations while under 1 - delta (penalty()'s stall_iters; default off)")
+    p.add_argument("--c-retries", type=int, default=0,
+                   help="penalty: rerun a whole run that misses the Eq. 3 stop from 0 with c x 3, at most this many "
+                        "times (penalty()'s c_retries, CW's outer search over c; default 0 = off)")
+    p.add_argument("--kappa-margin", type=float, default=None,
+                   help="penalty: kappa = this multiple of the median clean logit margin of the crafting clips "
+                        "(ours; excludes --kappa; default off; notes/uap-fsdd.md)")
     p.add_argument("--lr", type=float, default=0.0003, help="Adam step size (not given in the paper)")
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=100)
@@ -85,12 +97,17 @@ def parse():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default="results/uap_runs.jsonl")
     p.add_argument("--report", default="results/uap.md")
+    p.add_argument("--vdir", default=None, help="folder for the perturbations (default: uap/ next to --runs)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from the runs file")
     p.add_argument("--figures", default="", help="DATA:ARCH (e.g. fsdd:logmel-cnn): also run the sweeps of Fig. 1 "
                                                  "(kappa) and Fig. 2 (number of crafting points), untargeted")
     p.add_argument("--bench-check", default="", help="DATA:ARCH: time penalty() with the full crafting-set check at "
                                                      "every iteration (check_every=1, the old behaviour) against the "
                                                      "estimate-gated check (default), same settings and seed; prints a table")
+    p.add_argument("--at-snr", type=float, default=None,
+                   help="diagnostic (no crafting): scale each penalty row's saved v of --runs (data sets of --data) down "
+                        "to this mean crafting-set SNR (dB) and report crafting / held-out training / test success "
+                        "into results/uap_at_snr.md (+ .jsonl): how far each row's direction is from the bar")
     p.add_argument("--sweep-points", default="10,30,100,200")
     p.add_argument("--sweep-kappa", default="0.5,1,2,5,10,40")
     return p.parse_args()
@@ -166,6 +183,12 @@ def run_all(args, runs_path: Path):
                         kw = dict(c=penalty_c(args.c), kappa=args.kappa, lr=args.lr, max_iter=args.max_iter,
                                   batch_size=args.batch_size, shrink=args.shrink, escalate=args.escalate,
                                   restart=args.restart, refine=args.refine, refine_kappa=args.refine_kappa)
+                        if args.kappa_margin is not None:       # recorded only when used: older rows lack the key
+                            kw["kappa_margin"] = args.kappa_margin
+                        if args.stall_iters is not None:
+                            kw["stall_iters"] = args.stall_iters
+                        if args.c_retries:
+                            kw["c_retries"] = args.c_retries
                     else:
                         kw = dict(xi=args.xi, max_passes=args.max_passes, batch_size=args.inner_batch,
                                   attack=args.inner, aggregate=args.aggregate)
@@ -176,7 +199,7 @@ def run_all(args, runs_path: Path):
                     wall = time.perf_counter() - t0
                     mc = evaluate(model, v, craft, targeted=t)
                     mt = evaluate(model, v, te, targeted=t)
-                    vdir = Path(args.runs).parent / "uap"
+                    vdir = Path(args.vdir) if args.vdir else Path(args.runs).parent / "uap"
                     vdir.mkdir(parents=True, exist_ok=True)
                     tag = f"-k{args.per_class}" if args.per_class else ""
                     vpath = vdir / f"{data}-{arch}-{method}-{mode}{tag}.npy"
@@ -195,7 +218,9 @@ def run_all(args, runs_path: Path):
                                    escalation_reasons=[r["escalation"] for r in hist if "escalation" in r],
                                    batch_success=[round(r["batch_success"], 3) for r in hist],
                                    stop_iter=next((r["iter"] for r in hist if r.get("stop")), None),
-                                   returned_iter=hist[-1].get("returned_iter"))
+                                   runs_c=sorted({(r.get("run", 0), r["c"]) for r in hist if r["iter"] == 1}),
+                                   returned_iter=hist[-1].get("returned_iter"),
+                                   kappa_used=hist[0].get("kappa"), craft_margin_median=hist[0].get("margin_median"))
                         if "shrink_scale" in hist[-1]:
                             a = hist[-1]["shrink_scale"]
                             row["shrink_scale"] = a
@@ -298,6 +323,63 @@ def bench_check(args) -> str:
     a, b = (sum(w for w, _ in res[n]) / 2 for n in ("every iteration", "estimate-gated"))
     lines.append(f"\nspeed-up {a / b:.2f}x (mean of 2 runs each)")
     return "\n".join(lines)
+
+
+HELDOUT = (1000, 1300)                  # positions in the seeded train permutation: never a crafting clip (n <= 1000)
+
+
+def at_snr(args, runs_path: Path) -> str:
+    """Each penalty row's own v scaled by alpha <= 1 so that the mean SNR over its crafting clips is --at-snr dB
+    (SNR moves by -20 log10 alpha exactly unless clipping bites), then its success on the crafting clips, on held-out
+    training clips (HELDOUT of the same permutation) and on the test split. A row whose scaled v is far below 0.85 on
+    the crafting set itself cannot be brought to the bar by a rule that only makes v quieter or generalise better."""
+    from audioadv.attacks.universal_eval import evaluate
+    from audioadv.data import load_dataset
+    from audioadv.models.checkpoint import load_checkpoint
+
+    rows = [json.loads(l) for l in runs_path.read_text().splitlines()] if runs_path.exists() else []
+    wanted = set(filter(None, args.data.split(",")))
+    rows = [r for r in rows if r["method"] == "penalty" and not r.get("per_class") and r["data"] in wanted]
+    out, sets = [], {}
+    for r in sorted(rows, key=lambda r: (r["data"], r["arch"], r["mode"])):
+        spec = DATA[r["data"]] if not (r["data"] == "fsdd" and args.fsdd) else f"fsdd:{args.fsdd}"
+        model, cfg = load_checkpoint(r["checkpoint"], frozen=True)
+        key = (r["data"], int(cfg["input_length"]), int(cfg.get("sample_rate", 16000)))
+        if key not in sets:
+            tr = load_dataset(spec, "train", input_length=key[1], sample_rate=key[2])
+            perm = torch.randperm(len(tr), generator=torch.Generator().manual_seed(r["seed"]))
+            sets[key] = (tr, perm, load_dataset(spec, "test", input_length=key[1], sample_rate=key[2]))
+        tr, perm, te = sets[key]
+        craft, held = tr.subset(perm[:r["n_craft"]].sort().values), tr.subset(perm[HELDOUT[0]:HELDOUT[1]].sort().values)
+        v = torch.from_numpy(np.load(r["perturbation"]))
+        t = r["target"]
+        snr_c = evaluate(model, v, craft, targeted=t)["mean_snr"]
+        alpha = min(1.0, 10 ** ((snr_c - args.at_snr) / 20))
+        m = {name: evaluate(model, alpha * v, d, targeted=t) for name, d in (("craft", craft), ("heldout", held), ("test", te))}
+        row = {"data": r["data"], "arch": r["arch"], "mode": r["mode"], "clean_test_accuracy": r["clean_test_accuracy"],
+               "at_snr": args.at_snr, "alpha": alpha, "row_test": r["test"]["success_rate"], "row_snr": r["test"]["mean_snr"],
+               **{f"{k}_success": x["success_rate"] for k, x in m.items()}, **{f"{k}_snr": x["mean_snr"] for k, x in m.items()},
+               "settings": r["settings"], "command": "python scripts/reproduce_uap.py " + " ".join(sys.argv[1:])}
+        out.append(row)
+        print(f"[at-snr] {r['data']} {r['arch']} {r['mode']}: x{alpha:.3f}, crafting {row['craft_success']:.3f}, "
+              f"held-out {row['heldout_success']:.3f}, test {row['test_success']:.3f} at {row['test_snr']:.2f} dB", flush=True)
+    path = Path(args.report).with_name("uap_at_snr.jsonl")
+    path.write_text("".join(json.dumps(r) + "\n" for r in out))
+    lines = [f"# Penalty rows' perturbations scaled to {args.at_snr:g} dB mean crafting SNR", "",
+             f"Produced by `python scripts/reproduce_uap.py {' '.join(sys.argv[1:])}` from the rows of `{runs_path}` "
+             "(no crafting: each row's saved v times alpha <= 1; rows already quieter keep alpha = 1). Held-out = "
+             f"training clips {HELDOUT[0]}-{HELDOUT[1] - 1} of the row's seeded permutation (never crafting clips). "
+             "Success = Eq. 3. Models marked * are below the clean-accuracy bar.", "",
+             "| data | model | mode | row: test success / SNR (dB) | alpha | crafting success | held-out success | "
+             "test success | test SNR (dB) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in out:
+        star = "*" if r["clean_test_accuracy"] < args.bar_accuracy else ""
+        lines.append(f"| {r['data']} | {r['arch']}{star} | {r['mode']} | {r['row_test']:.3f} / {r['row_snr']:.2f} | "
+                     f"{r['alpha']:.3f} | {r['craft_success']:.3f} | {r['heldout_success']:.3f} | "
+                     f"{r['test_success']:.3f} | {r['test_snr']:.2f} |")
+    text = "\n".join(lines) + "\n"
+    path.with_suffix(".md").write_text(text)
+    return text
 
 
 def report(args, runs_path: Path) -> str:
@@ -433,6 +515,9 @@ def main() -> int:
     if args.bench_check:
         print(bench_check(args))
         return 0
+    if args.at_snr is not None:
+        print(at_snr(args, runs_path))
+        return 0
     if not args.report_only:
         run_all(args, runs_path)
     text = report(args, runs_path)
@@ -440,7 +525,7 @@ def main() -> int:
         for png in figures(args):
             print(f"figure: {png}")
     fig_rows = Path(args.runs).with_name("uap_figures.jsonl")
-    if fig_rows.exists():
+    if fig_rows.exists() and (args.figures or Path(args.runs).name == "uap_runs.jsonl"):   # the sweeps go with the table
         rows = [json.loads(l) for l in fig_rows.read_text().splitlines()]
         lines = ["## Sweeps (Figs. 1-2 style; untargeted, test set)", "",
                  "![crafting points](uap_points.png) ![kappa](uap_kappa.png)", "",

@@ -358,3 +358,45 @@ def test_refine_returns_a_quieter_v_that_still_meets_the_stop(tiny):
     assert all(r["spl"] >= hr[-1]["spl"] - 1e-6 for r in met)
     with pytest.raises(ValueError, match="refine"):
         U.penalty(model, craft, refine=-1, max_iter=1, progress=False)
+
+
+def test_kappa_margin_ties_kappa_to_the_crafting_sets_clean_margin(tiny):
+    """kappa_margin=a: kappa = a * median_i (f_y - max_{j != y} f_j) over the crafting points (targeted: those
+    outside the target class), recorded in the first history record; the run equals one with that kappa given."""
+    model, (x, y), _ = tiny
+    kw = dict(c=20, lr=0.03, max_iter=6, seed=0, progress=False)
+    with torch.no_grad():
+        z = model(x)
+    own = z[torch.arange(len(y)), y]
+    other = z.clone()
+    other[torch.arange(len(y)), y] = -math.inf
+    m = own - other.max(1).values
+    for t, keep in ((None, torch.ones_like(y, dtype=torch.bool)), (2, y != 2)):
+        med = float(m[keep].median())
+        v, h = U.penalty(model, (x, y), targeted=t, kappa_margin=0.5, **kw)
+        assert h[0]["margin_median"] == pytest.approx(med, rel=1e-5) and h[0]["kappa"] == pytest.approx(0.5 * med, rel=1e-5)
+        v2, h2 = U.penalty(model, (x, y), targeted=t, kappa=h[0]["kappa"], **kw)
+        assert torch.equal(v, v2) and h2[0]["margin_median"] == h[0]["margin_median"]
+    _, h = U.penalty(model, (x, y), **kw)
+    assert h[0]["kappa"] == 40.0                                         # default: the paper's raw-logit kappa
+    for bad in (dict(kappa_margin=0.0), dict(kappa_margin=1.0, kappa=5.0)):
+        with pytest.raises(ValueError, match="kappa_margin"):
+            U.penalty(model, (x, y), max_iter=1, progress=False, **bad)
+
+
+def test_c_retries_reruns_the_whole_run_with_a_larger_c_until_the_stop(tiny):
+    """c_retries: a run that ends without the Eq. 3 stop is repeated from v' = 0 with c * c_factor; run 0 is the plain
+    run with the small c, the returned v is the plain run with the c that met the stop."""
+    model, craft, _ = tiny
+    kw = dict(targeted=1, kappa_margin=0.5, escalate=False, lr=0.03, max_iter=30, seed=0, progress=False)
+    v, h = U.penalty(model, craft, c=1.0, c_retries=2, **kw)
+    _, h0 = U.penalty(model, craft, c=1.0, **kw)
+    v1, h1 = U.penalty(model, craft, c=3.0, **kw)
+    run0 = [r for r in h if r["run"] == 0]
+    assert not any(r.get("stop") for r in h0) and len(run0) == 30                # c = 1 settles below the goal
+    strip = lambda rs: [{k: x for k, x in r.items() if k not in ("time_s", "run")} for r in rs]
+    assert strip(run0) == strip(h0)
+    assert {r["c"] for r in h if r["run"] == 1} == {3.0} and h[-1].get("stop") and h[-1]["success_rate"] >= 0.9
+    assert torch.equal(v, v1) and strip([r for r in h if r["run"] == 1]) == strip(h1)
+    with pytest.raises(ValueError, match="c_retries"):
+        U.penalty(model, craft, c_retries=-1, max_iter=1, progress=False)
