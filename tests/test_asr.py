@@ -106,16 +106,9 @@ def test_model_shapes_padding_and_gradient(tmp_path):
 
 
 def test_hf_wav2vec2_adapter(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, **{c: i + 5 for i, c in enumerate("ETAOINSHRDLU")}}
-    cfg = transformers.Wav2Vec2Config(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
-                                      num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
-                                      conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
-                                      num_conv_pos_embedding_groups=2, pad_token_id=0, feat_extract_norm="layer",
-                                      do_stable_layer_norm=True)
-    torch.manual_seed(0)
-    transformers.Wav2Vec2ForCTC(cfg).save_pretrained(tmp_path)
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    pytest.importorskip("transformers")
+    from _hf_tiny import save_tiny_wav2vec2
+    vocab = save_tiny_wav2vec2(tmp_path)
     rec = HFWav2Vec2Recognizer.from_pretrained(tmp_path)
     assert isinstance(rec, Recognizer) and rec.blank == 0
     assert rec.encode_text("eat a tea") == [vocab[c] for c in "EAT|A|TEA"]

@@ -85,16 +85,9 @@ def test_attack_asr_names_a_bad_wav(setup, capsys, tmp_path):
 
 def test_attack_asr_on_a_hugging_face_folder(tmp_path):
     # the --hf path: a tiny randomly initialised Wav2Vec2ForCTC saved as a user's local folder
-    transformers = pytest.importorskip("transformers")
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, **{c: i + 5 for i, c in enumerate("ETAOINS")}}
-    cfg = transformers.Wav2Vec2Config(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
-                                      num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
-                                      conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
-                                      num_conv_pos_embedding_groups=2, pad_token_id=0, feat_extract_norm="layer",
-                                      do_stable_layer_norm=True)
-    torch.manual_seed(0)
-    transformers.Wav2Vec2ForCTC(cfg).save_pretrained(tmp_path / "hf")
-    (tmp_path / "hf" / "vocab.json").write_text(json.dumps(vocab))
+    pytest.importorskip("transformers")
+    from _hf_tiny import save_tiny_wav2vec2
+    save_tiny_wav2vec2(tmp_path / "hf")
     save(tmp_path / "in.wav", 0.1 * torch.randn(8000), SR, subtype="FLOAT")
     out = tmp_path / "run"
     assert main(["attack-asr", str(tmp_path / "hf"), "--hf", "--wav", str(tmp_path / "in.wav"), "--target", "eat",
