@@ -165,9 +165,13 @@ def run_ours(lib, attack, model, clean, targets, args, cw_kwargs: dict, impercep
     stop_after, `ours-patience`: patience) and the attack's keyword arguments. Returns the
     adversarial waveforms and per-utterance steps / first success."""
     stop = stop_after_of(lib, args)
-    patience = None
-    if lib.startswith("ours-patience"):  # `ours-patience:P` sets P (several rows in one run)
-        patience = int(lib.split(":")[1]) if ":" in lib else args.patience
+    patience, stage2 = None, {}
+    if lib.startswith("ours-patience"):  # `ours-patience:P` sets P (several rows in one run), `:P/S`
+        # also Imperceptible's stage-2 convergence stop (patience_stage2=S)
+        spec = lib.split(":")[1] if ":" in lib else str(args.patience)
+        patience = int(spec.split("/")[0])
+        if "/" in spec and attack == "imperceptible":
+            stage2 = {"patience_stage2": int(spec.split("/")[1])}
     bs = args.batch_size or len(clean)
     advs, info = [], []
     for s in range(0, len(clean), bs):
@@ -177,7 +181,7 @@ def run_ours(lib, attack, model, clean, targets, args, cw_kwargs: dict, impercep
             adv = cw_ctc(model, wav, tg, lengths=lengths, stop_after=stop, patience=patience, info=inf, **cw_kwargs)
         else:
             adv = imperceptible(model, wav, tg, lengths=lengths, stop_after=stop, patience=patience, info=inf,
-                                **imperceptible_kwargs)
+                                **stage2, **imperceptible_kwargs)
         advs += [adv[i, :int(lengths[i])].numpy() for i in range(len(tg))]
         info += [{"steps": int(a), "first_success": int(b)} for a, b in zip(inf["steps"], inf["iterations"])]
     return advs, info
@@ -305,7 +309,8 @@ def report(path: Path, meta: dict, summaries: list[dict]) -> None:
         if lib.startswith("ours-early:"):
             names[lib] = f"ours ({kind}, stop_after={lib.split(':')[1]})"
         if lib.startswith("ours-patience:"):
-            names[lib] = f"ours ({kind}, patience={lib.split(':')[1]})"
+            p1, _, p2 = lib.split(":")[1].partition("/")
+            names[lib] = f"ours ({kind}, patience={p1}" + (f", stage-2 patience={p2})" if p2 else ")")
     lines = [
         "# Targeted speech-to-text attacks: audioadv vs ART vs asr-attacks", "",
         f"Written by `{meta['command']}` (started {meta['started']}, torch {meta['torch']}, {meta['threads']} "
@@ -399,7 +404,8 @@ def main(argv=None) -> int:
     p.add_argument("--targets", default="grammar,open", help="grammar and/or open")
     p.add_argument("--attacks", default="cw,imperceptible")
     p.add_argument("--libs", default="ours,ours-patience,ours-early,art,asr-attacks",
-                   help="rows: ours, ours-patience (--patience) or ours-patience:P, ours-early (--stop-after) or "
+                   help="rows: ours, ours-patience (--patience) or ours-patience:P (or P/S: Imperceptible's "
+                        "patience_stage2=S too), ours-early (--stop-after) or "
                         "ours-early:K, art, asr-attacks")
     p.add_argument("--budget", choices=["equal", "default"], default="equal",
                    help="equal: the settings below for every library; default: each library's own defaults "

@@ -195,6 +195,22 @@ def test_imperceptible_reaches_target_and_lowers_the_masking_loss(toy):
     assert (after < before).all()
 
 
+def test_imperceptible_stage2_convergence_stop(toy):
+    # patience_stage2: an utterance that reached the target leaves stage 2 once its masking loss has
+    # not fallen 1% below its best for that many steps; without it stage 2 runs its whole budget
+    model, x, lengths = toy
+    kw = dict(tau=0.2, lr_stage1=3e-3, max_iter_stage1=40, stop_after=1, max_iter_stage2=300, lr_stage2=1e-3)
+    full, early = {}, {}
+    imperceptible(model, x, TGT, lengths=lengths, info=full, **kw)
+    adv = imperceptible(model, x, TGT, lengths=lengths, info=early, patience_stage2=5, **kw)
+    stage1_steps = [s - 300 for s in full["steps"]]             # the full run spends exactly 300 in stage 2
+    stage2_steps = [e - s1 for e, s1 in zip(early["steps"], stage1_steps)]
+    assert all(early["stage2_success"]) and all(5 <= s < 300 for s in stage2_steps)
+    assert transcribe(model, adv, lengths) == TGT
+    with pytest.raises(ValueError, match="patience_stage2"):
+        imperceptible(model, x, TGT, lengths=lengths, patience_stage2=0, **kw)
+
+
 def test_sparse_wraps_pgd_on_a_classifier():
     from audioadv.attacks import pgd
     torch.manual_seed(0)

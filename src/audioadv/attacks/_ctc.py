@@ -118,7 +118,7 @@ def optimize(model, x, lengths, mask, texts, *, targeted: bool, box: Callable[[t
              extra_loss: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
              after_check: Callable[[torch.Tensor, int], None] | None = None,
              stop_after: int | None = None, patience: int | None = None,
-             tracker: Tracker | None = None) -> Tracker:
+             leave: Callable[[], torch.Tensor] | None = None, tracker: Tracker | None = None) -> Tracker:
     """Adam on delta for `max_iter` steps of  l2_weight * ||delta||^2 + c * CTC(x + delta, texts)
     (+ extra_loss(delta_active, step, active_index)), CTC negated when untargeted. After every
     step: delta <- project(box(delta)).
@@ -129,7 +129,8 @@ def optimize(model, x, lengths, mask, texts, *, targeted: bool, box: Callable[[t
     when none is left). `patience`: an utterance that has succeeded leaves the batch once it has
     gone that many steps without a new success, i.e. once its bound has stopped shrinking (the
     convergence test of a bound-shrinking attack; it keeps the budget of an utterance
-    independent of how soon it first succeeds).
+    independent of how soon it first succeeds). `leave()`, called after every step, returns the
+    utterances (a (B,) bool mask) that leave the batch by the attack's own convergence test.
     """
     refs = normalize_texts(model, texts)
     seqs = [model.encode_text(r) for r in refs]
@@ -141,7 +142,7 @@ def optimize(model, x, lengths, mask, texts, *, targeted: bool, box: Callable[[t
                          on_success=on_success, lr=lr, max_iter=max_iter, c=c, l2_weight=l2_weight,
                          project=project, delta_init=delta_init, extra_loss=extra_loss,
                          after_check=after_check, stop_after=stop_after, patience=patience,
-                         tracker=tracker)
+                         leave=leave, tracker=tracker)
 
 
 class frozen_weights:
@@ -162,7 +163,7 @@ class frozen_weights:
 
 
 def _optimize(model, x, lengths, mask, texts, seqs, refs, *, targeted, box, on_success, lr, max_iter, c,
-              l2_weight, project, delta_init, extra_loss, after_check, stop_after, patience,
+              l2_weight, project, delta_init, extra_loss, after_check, stop_after, patience, leave,
               tracker) -> Tracker:
     delta = (torch.zeros_like(x) if delta_init is None else delta_init.detach().clone()) * mask
     delta.requires_grad_(True)
@@ -227,6 +228,8 @@ def _optimize(model, x, lengths, mask, texts, seqs, refs, *, targeted, box, on_s
         if patience is not None:
             stale = tracker.success.cpu() & (step - tracker.last >= patience)
             active = active & ~stale.to(x.device)
+        if leave is not None:
+            active = active & ~leave().to(x.device)
     return tracker
 
 

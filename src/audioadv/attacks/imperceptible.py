@@ -28,17 +28,22 @@ def imperceptible(model, inputs, labels: Sequence[str], *, targeted: bool = True
                   lr_stage2: float = 1e-4, max_iter_stage2: int = 4000, alpha: float = 0.05,
                   alpha_up: float = 1.2, alpha_down: float = 0.8, up_every: int = 20, down_every: int = 50,
                   alpha_min: float = 5e-4, loss_scale: float = 1.0, stop_after: int | None = None,
-                  patience: int | None = None, project=None,
+                  patience: int | None = None, patience_stage2: int | None = None, project=None,
                   info: dict | None = None):
     """Qin et al. 2019 attack (two stages, see module docstring), batched with masks.
 
     lr_stage1 / lr_stage2: Adam steps (Qin: 100 and 1 on the int16 scale, 1000 and 4000 steps).
     alpha: initial weight of the masking loss; loss_scale multiplies l_theta (1: Qin's linear-power
     loss). project: per-iteration hook applied in both stages (e.g. `attacks.sparse`).
-    stop_after / patience: stage 1's stop rules (`cw_ctc`); stage 2 runs its max_iter_stage2 steps.
+    stop_after / patience: stage 1's stop rules (`cw_ctc`). Stage 2 runs its max_iter_stage2 steps
+    (Qin), unless patience_stage2 (ours, off by default): an utterance that has reached the target in
+    stage 2 leaves once that many steps pass without its masking loss l_theta, over the iterates
+    that reach the target, falling 1% below its best (the stage-2 objective has converged).
     info: per-utterance success (final), first-success iteration (stage 1 + stage 2 count),
     stage-2 success, final alpha and the masking loss of the result.
     """
+    if patience_stage2 is not None and patience_stage2 < 1:
+        raise ValueError(f"imperceptible: patience_stage2 must be at least 1, got {patience_stage2}")
     t0 = _ctc.now()
     x, lengths, mask, rebuild = _ctc.prepare(model, inputs, labels, lengths, "imperceptible")
     info1: dict = {}
@@ -51,24 +56,37 @@ def imperceptible(model, inputs, labels: Sequence[str], *, targeted: bool = True
     bound = torch.where(ok1, torch.maximum(bound, d1.abs().amax(1)), torch.full_like(bound, tau))
     theta, psd_max = masking_threshold(x, lengths=lengths)
     a = torch.full((len(x),), float(alpha), dtype=x.dtype, device=x.device)
-    state = {"ok": torch.zeros(len(x), dtype=torch.bool, device=x.device)}
+    state = {"ok": torch.zeros(len(x), dtype=torch.bool, device=x.device), "step": 0}
+    ml_now = torch.zeros(len(x), dtype=x.dtype, device=x.device)
+    ml_best = torch.full((len(x),), float("inf"), dtype=x.dtype, device=x.device)
+    last_gain = torch.zeros(len(x), dtype=torch.long, device=x.device)
 
     def box(d):
         return torch.maximum(torch.minimum(d, bound[:, None]), -bound[:, None])
 
     def extra(d, step, idx):
-        return a[idx] * loss_scale * masking_loss(d, theta[idx], psd_max[idx], lengths[idx])
+        ml = masking_loss(d, theta[idx], psd_max[idx], lengths[idx])
+        ml_now[idx] = ml.detach()
+        return a[idx] * loss_scale * ml
 
     def after_check(ok, step):
-        state["ok"] = ok
+        state["ok"], state["step"] = ok, step
         if step and step % up_every == 0:
             a[ok] *= alpha_up
         if step and step % down_every == 0:
             a[~ok] = (a[~ok] * alpha_down).clamp_min(alpha_min)
 
+    def leave():
+        ok, step = state["ok"], state["step"]
+        gain = ok & (ml_now < ml_best * 0.99)
+        last_gain[gain] = step
+        ml_best.copy_(torch.where(ok, torch.minimum(ml_best, ml_now), ml_best))
+        return torch.isfinite(ml_best) & (step - last_gain >= patience_stage2)
+
     tracker = _ctc.optimize(model, x, lengths, mask, labels, targeted=targeted, box=box, on_success=None,
                             lr=lr_stage2, max_iter=max_iter_stage2, c=1.0, l2_weight=0.0, project=project,
-                            delta_init=d1, extra_loss=extra, after_check=after_check)
+                            delta_init=d1, extra_loss=extra, after_check=after_check,
+                            leave=None if patience_stage2 is None else leave)
     ok2 = tracker.success
     final = torch.where(ok2[:, None], tracker.best, d1)
     success = ok2 | ok1
