@@ -65,6 +65,7 @@ def test_attack_asr_sparse_and_pcm16(setup):
     (["--target", ""], "--target is empty"),
     (["--targets", "/nonexistent/t.txt"], "not found"),
     (["--target", "ab", "--ratio", "0.5"], "--ratio does not apply to --attack cw"),
+    (["--target", "ab", "--patience-stage2", "5"], "--patience-stage2 does not apply to --attack cw"),
     (["--target", "ab", "--sparsity", "1.5"], "--sparsity must lie in [0, 1)"),
     (["--target", "xyz"], "has no character the recogniser knows"),
 ])

@@ -49,6 +49,8 @@ def register(sub) -> None:
     a.add_argument("--patience", type=int, help="an utterance stops once this many steps pass without a new success")
     a.add_argument("--stop-after", type=int, help="an utterance stops after this many successes")
     a.add_argument("--max-iter-stage2", type=int, help="imperceptible: stage-2 iterations")
+    a.add_argument("--patience-stage2", type=int, help="imperceptible: leave stage 2 once the masking loss has not "
+                                                      "improved by 1%% for this many steps")
     p.add_argument("--batch-size", type=int, default=16, help="utterances per padded batch")
     p.add_argument("--hf", action="store_true", help="the checkpoint is a Hugging Face Wav2Vec2ForCTC folder")
     p.add_argument("--pcm16", action="store_true",
@@ -70,7 +72,7 @@ def attack_function(name: str, sparsity: float):
 def attack_kwargs(args, fn) -> dict:
     """The settings given on the command line, under the attack's own argument names."""
     names = {"max_iter": "max_iter", "lr": "lr", "tau": "tau", "ratio": "ratio", "patience": "patience",
-             "stop_after": "stop_after", "max_iter_stage2": "max_iter_stage2"}
+             "stop_after": "stop_after", "max_iter_stage2": "max_iter_stage2", "patience_stage2": "patience_stage2"}
     if args.attack == "imperceptible":
         names.update(max_iter="max_iter_stage1", lr="lr_stage1")
     params = inspect.signature(fn).parameters
