@@ -132,9 +132,9 @@ def load_inputs(args, model):
         return out
     from ..asr_train import load_utterances
     from ..data.targets import open_targets, select
-    data = load_utterances(args.data, args.split)
     if args.n < 1:
         raise ValueError("--n must be at least 1")
+    data = load_utterances(args.data, args.split)
     ids, originals, targets = select(model, data, args.n, args.seed)
     if args.target is not None:
         targets = [args.target] * len(ids)
@@ -164,8 +164,6 @@ def run_attack_asr(args) -> int:
         model = HFWav2Vec2Recognizer.from_pretrained(args.checkpoint)
     else:
         model = load_recognizer(args.checkpoint)
-    for prm in model.parameters():
-        prm.requires_grad_(False)
     fn, base = attack_function(args.attack, args.sparsity)
     kwargs = attack_kwargs(args, base)
     inputs = load_inputs(args, model)
