@@ -98,7 +98,7 @@ def resolved_settings(fn, kwargs: dict) -> dict:
 
 
 def load_inputs(args, model):
-    """[(id, waveform, original transcript or None, target)] from --wav or --data."""
+    """[(id, waveform, original transcript or None, target, metadata for the row)] from --wav or --data."""
     import torch
 
     if bool(args.wav) == bool(args.data):
