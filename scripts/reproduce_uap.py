@@ -74,6 +74,9 @@ def parse():
     p.add_argument("--kappa-margin", type=float, default=None,
                    help="penalty: kappa = this multiple of the median clean logit margin of the crafting clips "
                         "(ours; excludes --kappa; default off; notes/uap-fsdd.md)")
+    p.add_argument("--min-snr", type=float, default=None,
+                   help="penalty: keep v inside the l2 ball whose radius gives this mean crafting-set SNR in dB "
+                        "(penalty()'s min_snr; default off; notes/uap-ball.md)")
     p.add_argument("--lr", type=float, default=0.0003, help="Adam step size (not given in the paper)")
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=100)
@@ -108,6 +111,10 @@ def parse():
                    help="diagnostic (no crafting): scale each penalty row's saved v of --runs (data sets of --data) down "
                         "to this mean crafting-set SNR (dB) and report crafting / held-out training / test success "
                         "into results/uap_at_snr.md (+ .jsonl): how far each row's direction is from the bar")
+    p.add_argument("--snr-bands", action="store_true",
+                   help="diagnostic (no crafting): for each penalty row of --runs (data sets of --data), the test clips "
+                        "split by their own SNR under the row's v into quartiles, and the success in each; plus the "
+                        "spread of the clips' levels; written next to --report as <report stem>_snr_bands.md (+ .jsonl)")
     p.add_argument("--sweep-points", default="10,30,100,200")
     p.add_argument("--sweep-kappa", default="0.5,1,2,5,10,40")
     return p.parse_args()
@@ -189,6 +196,8 @@ def run_all(args, runs_path: Path):
                             kw["stall_iters"] = args.stall_iters
                         if args.c_retries:
                             kw["c_retries"] = args.c_retries
+                        if args.min_snr is not None:
+                            kw["min_snr"] = args.min_snr
                     else:
                         kw = dict(xi=args.xi, max_passes=args.max_passes, batch_size=args.inner_batch,
                                   attack=args.inner, aggregate=args.aggregate)
@@ -220,7 +229,8 @@ def run_all(args, runs_path: Path):
                                    stop_iter=next((r["iter"] for r in hist if r.get("stop")), None),
                                    runs_c=sorted({(r.get("run", 0), r["c"]) for r in hist if r["iter"] == 1}),
                                    returned_iter=hist[-1].get("returned_iter"),
-                                   kappa_used=hist[0].get("kappa"), craft_margin_median=hist[0].get("margin_median"))
+                                   kappa_used=hist[0].get("kappa"), craft_margin_median=hist[0].get("margin_median"),
+                                   xi_used=hist[0].get("xi"))
                         if "shrink_scale" in hist[-1]:
                             a = hist[-1]["shrink_scale"]
                             row["shrink_scale"] = a
@@ -382,6 +392,73 @@ def at_snr(args, runs_path: Path) -> str:
     return text
 
 
+def snr_bands(args, runs_path: Path) -> str:
+    """With v fixed, SNR_i = level(x_i) - SPL(v): the mean SNR of Eq. 14 hides how the clips' own levels spread. A data
+    set whose levels spread widely puts its loud clips far above the mean SNR, where a universal v of that loudness
+    barely moves the model. Per row: test clips in quartiles of their SNR under v, Eq. 3 success in each."""
+    from audioadv.attacks.universal import apply, predict
+    from audioadv.data import load_dataset
+    from audioadv.models.checkpoint import load_checkpoint
+    from audioadv.signal import snr as snr_of
+
+    rows = [json.loads(l) for l in runs_path.read_text().splitlines()] if runs_path.exists() else []
+    wanted = set(filter(None, args.data.split(",")))
+    rows = [r for r in rows if r["method"] == "penalty" and not r.get("per_class") and r["data"] in wanted]
+    out, sets = [], {}
+    for r in sorted(rows, key=lambda r: (r["data"], r["arch"], r["mode"])):
+        spec = DATA[r["data"]] if not (r["data"] == "fsdd" and args.fsdd) else f"fsdd:{args.fsdd}"
+        model, cfg = load_checkpoint(r["checkpoint"], frozen=True)
+        key = (r["data"], int(cfg["input_length"]), int(cfg.get("sample_rate", 16000)))
+        if key not in sets:
+            sets[key] = load_dataset(spec, "test", input_length=key[1], sample_rate=key[2])
+        te = sets[key]
+        x, y, t = te.waves, te.labels, r["target"]
+        if t is not None:
+            x, y = x[y != t], y[y != t]
+        v = torch.from_numpy(np.load(r["perturbation"])).to(x.dtype)
+        adv = apply(v, x)
+        clean, pert = predict(model, x, 100), predict(model, adv, 100)
+        ok = (pert != clean) if t is None else (pert == t)
+        snr = snr_of(x, adv - x)
+        level = 10 * torch.log10(x.pow(2).mean(1))
+        fin = torch.isfinite(snr)
+        q = torch.quantile(snr[fin].double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+        edges = [-math.inf, *q, math.inf]
+        bands = []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            m = fin & (snr > lo) & (snr <= hi)
+            bands.append({"snr_lo": lo, "snr_hi": hi, "n": int(m.sum()), "mean_snr": float(snr[m].mean()),
+                          "success": float(ok[m].float().mean())})
+        row = {"data": r["data"], "arch": r["arch"], "mode": r["mode"], "clean_test_accuracy": r["clean_test_accuracy"],
+               "test_success": float(ok.float().mean()), "mean_snr": float(snr[fin].mean()),
+               "level_mean": float(level[fin].mean()), "level_sd": float(level[fin].std()), "bands": bands,
+               "settings": r["settings"], "runs": str(runs_path),
+               "command": "python scripts/reproduce_uap.py " + " ".join(sys.argv[1:])}
+        out.append(row)
+        print(f"[snr-bands] {r['data']} {r['arch']} {r['mode']}: " + ", ".join(
+            f"{b['mean_snr']:.1f} dB: {b['success']:.2f}" for b in bands), flush=True)
+    stem = Path(args.report).with_suffix("")
+    path = stem.with_name(stem.name + "_snr_bands.jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in out))
+    lines = [f"# Success by the clips' own SNR under each penalty row's v", "",
+             f"Produced by `python scripts/reproduce_uap.py {' '.join(sys.argv[1:])}` from the rows of `{runs_path}` "
+             "(no crafting). With v fixed, a clip's SNR is its level (10 log10 of its mean square) minus SPL(v), so the "
+             "test clips' SNRs spread exactly as their levels do (sd below). Q1-Q4: quartiles of the test clips by "
+             "SNR, quietest-relative-to-v first; each cell: the quartile's mean SNR (dB) and its Eq. 3 success. "
+             "Targeted rows leave out the target class. Models marked * are below the clean-accuracy bar.", "",
+             "| data | model | mode | level sd (dB) | test success / mean SNR | Q1 | Q2 | Q3 | Q4 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in out:
+        star = "*" if r["clean_test_accuracy"] < args.bar_accuracy else ""
+        lines.append(f"| {r['data']} | {r['arch']}{star} | {r['mode']} | {r['level_sd']:.1f} | "
+                     f"{r['test_success']:.3f} / {r['mean_snr']:.2f} | " +
+                     " | ".join(f"{b['mean_snr']:.1f}: {b['success']:.2f}" for b in r["bands"]) + " |")
+    text = "\n".join(lines) + "\n"
+    path.with_suffix(".md").write_text(text)
+    return text
+
+
 def report(args, runs_path: Path) -> str:
     from audioadv.attacks.universal_eval import two_proportion_ztest
 
@@ -393,6 +470,8 @@ def report(args, runs_path: Path) -> str:
              "Produced by `make reproduce-uap` (`scripts/reproduce_uap.py`); runs accumulate in "
              f"`{runs_path}` over resumable invocations (the settings of every run are listed below). "
              f"Report rebuilt by: `python scripts/reproduce_uap.py {' '.join(sys.argv[1:])}`.", ""]
+    if runs_path.name != "uap_runs.jsonl":      # a side table: say which crafting commands made its rows
+        lines += ["Rows crafted by:", ""] + [f"- `{c}`" for c in sorted({r['command'] for r in rows})] + [""]
     for data in sorted({r["data"] for r in rows}):
         archs = sorted({r["arch"] for r in rows if r["data"] == data})
         ncraft = {m: sorted({r["n_craft"] for r in rows if r["data"] == data and r["method"] == m})
@@ -517,6 +596,9 @@ def main() -> int:
         return 0
     if args.at_snr is not None:
         print(at_snr(args, runs_path))
+        return 0
+    if args.snr_bands:
+        print(snr_bands(args, runs_path))
         return 0
     if not args.report_only:
         run_all(args, runs_path)

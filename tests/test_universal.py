@@ -226,6 +226,14 @@ def test_cli_universal_and_transfer(tmp_path, capsys):
     assert res["matrix"]["ckpt"]["ckpt"] == pytest.approx(metrics["test"]["success_rate"])
     assert main(["universal", str(ckpt), "--data", f"fsdd:{folder}", "--target", "zebra", "--out",
                  str(tmp_path / "bad")]) == 2
+    rc = main(["universal", str(ckpt), "--data", f"fsdd:{folder}", "--method", "penalty", "--out", str(tmp_path / "u3"),
+               "--max-iter", "3", "--n-craft", "12", "--examples", "0", "--quiet", "--lr", "0.01", "--min-snr", "12"])
+    m3 = json.loads((tmp_path / "u3" / "metrics.json").read_text())
+    assert rc == 0 and m3["settings"]["min_snr"] == 12.0 and m3["craft"]["mean_snr"] >= 12.0 - 1e-3
+    capsys.readouterr()
+    assert main(["universal", str(ckpt), "--data", f"fsdd:{folder}", "--method", "iterative", "--min-snr", "12",
+                 "--out", str(tmp_path / "bad2")]) == 2
+    assert "--min-snr is a penalty-method option" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ automatic c, cheap stopping rule, shrink, dict inputs
@@ -400,3 +408,27 @@ def test_c_retries_reruns_the_whole_run_with_a_larger_c_until_the_stop(tiny):
     assert torch.equal(v, v1) and strip([r for r in h if r["run"] == 1]) == strip(h1)
     with pytest.raises(ValueError, match="c_retries"):
         U.penalty(model, craft, c_retries=-1, max_iter=1, progress=False)
+
+
+def test_min_snr_keeps_the_mean_crafting_snr_at_the_budget(tiny):
+    """min_snr=S: v' is projected onto the l2 ball with radius sqrt(T) 10^((mean_i 20 log10 P(x_i) - S) / 20), so the
+    mean SNR (Eq. 14) over the crafting points (targeted: outside the target) is >= S; with a large c v sits on the
+    ball and is then exactly as loud as the budget allows. The run equals one given that radius as xi."""
+    model, (x, y), _ = tiny
+    kw = dict(c=1e3, escalate=False, lr=0.03, max_iter=15, seed=0, progress=False)
+    for t, keep in ((None, torch.ones_like(y, dtype=torch.bool)), (2, y != 2)):
+        for budget in (5.0, 15.0):
+            v, h = U.penalty(model, (x, y), targeted=t, min_snr=budget, **kw)
+            level = 10 * torch.log10(x[keep].double().pow(2).mean(1))
+            xi = math.sqrt(x.shape[1]) * 10 ** ((float(level.mean()) - budget) / 20)
+            assert h[0]["xi"] == pytest.approx(xi, rel=1e-6)
+            snr = evaluate(model, v, (x, y), targeted=t)["mean_snr"]
+            assert budget - 1e-3 <= snr <= budget + 0.05                  # on the ball, not inside it
+            v2, _ = U.penalty(model, (x, y), targeted=t, xi=h[0]["xi"], **kw)
+            assert torch.equal(v, v2)
+    loose = evaluate(model, U.penalty(model, (x, y), min_snr=5.0, **kw)[0], (x, y))["success_rate"]
+    tight = evaluate(model, U.penalty(model, (x, y), min_snr=15.0, **kw)[0], (x, y))["success_rate"]
+    assert loose > 0.4 > 0.1 > tight                                      # a quieter budget fools fewer clips
+    for bad in (dict(min_snr=20.0, xi=1.0), dict(min_snr=20.0, p=math.inf)):
+        with pytest.raises(ValueError, match="min_snr"):
+            U.penalty(model, (x, y), max_iter=1, progress=False, **bad)

@@ -351,7 +351,7 @@ def penalty(model, data, *, targeted: int | None = None, c: float | str | None =
             check_every: int | None = None, check_margin: float = 0.05, escalate: bool | None = None,
             c_factor: float = 3.0, collapse_db: float = 6.0, stall_iters: int | None = None, max_escalations: int = 6,
             restart: str = "peak", refine: int = 0, refine_kappa: float | None = None, kappa_margin: float | None = None,
-            c_retries: int = 0, shrink: bool = False,
+            c_retries: int = 0, min_snr: float | None = None, shrink: bool = False,
             shrink_steps: int = 6, key: str | None = None, seed: int = 0, eval_batch_size: int = 100,
             progress: bool = True, callback: Callable | None = None):
     """Penalty method for universal perturbations (Abdoli et al. Sec. 3.2, Algorithm 1, Eqs. 4-11).
@@ -427,6 +427,16 @@ def penalty(model, data, *, targeted: int | None = None, c: float | str | None =
     crafting clips, kappa_margin 1: c = 3 settles at 0.676 crafting success (30.1 dB), c = 9 meets the stop
     (0.902, 21.3 dB; notes/uap-fsdd.md).
 
+    min_snr (ours, off by default): a loudness budget stated as the bar states it, a mean SNR in dB (Eq. 14) over the
+    crafting points (targeted: those outside the target). With v fixed, SNR_i = 20 log10 P(x_i) - SPL(v), so the
+    mean is at least min_snr iff SPL(v) <= mean_i 20 log10 P(x_i) - min_snr, i.e. ||v||_2 <= xi with
+    xi = sqrt(T) 10^((mean_i 20 log10 P(x_i) - min_snr) / 20): v' is projected onto that l2 ball after every step
+    (the paper's optional Eq. 2 projection, radius from the budget; |tanh(v')| <= |v'| and clipping only shrink the
+    applied perturbation, so the bound holds for v). Excludes ``xi``; p is 2; the first record holds the ``xi``.
+    With a large c (the SPL term then barely pulls) the run looks for the most successful v at that loudness,
+    which tells a model that cannot be fooled at the budget from an optimiser that stopped too early
+    (notes/uap-ball.md).
+
     Returns (v, history) with v (T,) in the waveform domain and one record per iteration (refine iterations
     carry ``phase: "refine"``; the first one that met the stop carries ``stop: True``; with refine the last
     record holds ``returned_iter``, the iteration whose v is returned, and that v's crafting success).
@@ -474,6 +484,15 @@ def penalty(model, data, *, targeted: int | None = None, c: float | str | None =
         if len(labels) == 0:
             raise ValueError(f"no crafting points outside the target class {t}")
     waves = audio_of(inputs, key)
+    if min_snr is not None:
+        if xi is not None or p != 2:
+            raise ValueError(f"min_snr sets an l2 radius: it excludes xi and needs p=2, got min_snr={min_snr}, xi={xi}, "
+                             f"p={p}")
+        level = 10.0 * torch.log10(waves.double().pow(2).mean(1))
+        level = level[torch.isfinite(level)]    # silent clips have no SNR (evaluate() leaves them out too)
+        if len(level) == 0:
+            raise ValueError("min_snr: every crafting clip is silent, so no SNR budget can be set")
+        xi = math.sqrt(waves.shape[1]) * 10.0 ** ((float(level.mean()) - float(min_snr)) / 20.0)
     with torch.no_grad():               # one clean pass: reference predictions and the logit scale
         clean = torch.cat([model(take(inputs, slice(i, i + eval_batch_size)))
                            for i in range(0, len(labels), eval_batch_size)])
@@ -519,6 +538,8 @@ def penalty(model, data, *, targeted: int | None = None, c: float | str | None =
             rec["phase"] = "refine"
         if k == 0:
             rec.update(margin_median=margin_median, kappa=kappa)
+            if min_snr is not None:
+                rec["xi"] = xi
         if k == 0 and c_now > 0:        # v' = 0: SPL has no gradient there, the gradient is c grad G
             rec["c_star"] = first_step_c(vp.grad / c_now, lr)
         if s_val > peak_s:

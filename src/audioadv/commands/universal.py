@@ -42,6 +42,8 @@ def register(sub) -> None:
                    help="penalty: extra iterations after the stopping rule holds, returning the quietest v that still meets "
                         "it on the crafting set (our extension beyond Algorithm 1; 0 = off; opt-in, see notes/uap-bar.md)")
     p.add_argument("--refine-kappa", type=float, default=None, help="penalty: hinge floor during --refine (default: --kappa)")
+    p.add_argument("--min-snr", type=float, default=None,
+                   help="penalty: keep v inside the l2 ball that gives this mean crafting-set SNR in dB (excludes --xi)")
     p.add_argument("--box", choices=["tanh", "clip"], default="tanh", help="penalty: box constraint by tanh (Eqs. 7-9) or clipping")
     p.add_argument("--delta", type=float, default=0.1, help="stop at crafting success >= 1 - delta")
     p.add_argument("--xi", type=float, default=None, help="l_p radius (iterative: default 0.2 / 0.12 l_inf; penalty: optional l2)")
@@ -108,6 +110,8 @@ def run_universal(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.method != "penalty" and args.min_snr is not None:
+        raise ValueError("--min-snr is a penalty-method option (the iterative method takes --xi and --p)")
     out = Path(args.out)
     if (out / "metrics.json").exists() and not args.force:
         print((out / "metrics.json").read_text())
@@ -133,7 +137,7 @@ def run_universal(args) -> int:
         kw = dict(c=c, kappa=args.kappa, lr=args.lr, max_iter=args.max_iter, batch_size=args.batch_size,
                   box=args.box, xi=args.xi, p=2 if p is None else p, shrink=args.shrink,
                   escalate=args.escalate if isinstance(c, float) else None, restart=args.restart,
-                  refine=args.refine, refine_kappa=args.refine_kappa)
+                  refine=args.refine, refine_kappa=args.refine_kappa, min_snr=args.min_snr)
     else:
         kw = dict(xi=args.xi, p=math.inf if p is None else p, attack=args.inner, max_passes=args.max_passes,
                   batch_size=args.inner_batch, aggregate=args.aggregate)
