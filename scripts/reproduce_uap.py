@@ -338,19 +338,16 @@ def bench_check(args) -> str:
 HELDOUT = (1000, 1300)                  # positions in the seeded train permutation: never a crafting clip (n <= 1000)
 
 
-def at_snr(args, runs_path: Path) -> str:
-    """Each penalty row's own v scaled by alpha <= 1 so that the mean SNR over its crafting clips is --at-snr dB
-    (SNR moves by -20 log10 alpha exactly unless clipping bites), then its success on the crafting clips, on held-out
-    training clips (HELDOUT of the same permutation) and on the test split. A row whose scaled v is far below 0.85 on
-    the crafting set itself cannot be brought to the bar by a rule that only makes v quieter or generalise better."""
-    from audioadv.attacks.universal_eval import evaluate
+def penalty_rows(args, runs_path: Path):
+    """The penalty rows of --runs for the data sets of --data (not the single-sample ones), each with its model and
+    its data set's (train split, seeded permutation, test split), loaded once per data set and input size."""
     from audioadv.data import load_dataset
     from audioadv.models.checkpoint import load_checkpoint
 
     rows = [json.loads(l) for l in runs_path.read_text().splitlines()] if runs_path.exists() else []
     wanted = set(filter(None, args.data.split(",")))
     rows = [r for r in rows if r["method"] == "penalty" and not r.get("per_class") and r["data"] in wanted]
-    out, sets = [], {}
+    sets = {}
     for r in sorted(rows, key=lambda r: (r["data"], r["arch"], r["mode"])):
         spec = DATA[r["data"]] if not (r["data"] == "fsdd" and args.fsdd) else f"fsdd:{args.fsdd}"
         model, cfg = load_checkpoint(r["checkpoint"], frozen=True)
@@ -359,7 +356,18 @@ def at_snr(args, runs_path: Path) -> str:
             tr = load_dataset(spec, "train", input_length=key[1], sample_rate=key[2])
             perm = torch.randperm(len(tr), generator=torch.Generator().manual_seed(r["seed"]))
             sets[key] = (tr, perm, load_dataset(spec, "test", input_length=key[1], sample_rate=key[2]))
-        tr, perm, te = sets[key]
+        yield r, model, sets[key]
+
+
+def at_snr(args, runs_path: Path) -> str:
+    """Each penalty row's own v scaled by alpha <= 1 so that the mean SNR over its crafting clips is --at-snr dB
+    (SNR moves by -20 log10 alpha exactly unless clipping bites), then its success on the crafting clips, on held-out
+    training clips (HELDOUT of the same permutation) and on the test split. A row whose scaled v is far below 0.85 on
+    the crafting set itself cannot be brought to the bar by a rule that only makes v quieter or generalise better."""
+    from audioadv.attacks.universal_eval import evaluate
+
+    out = []
+    for r, model, (tr, perm, te) in penalty_rows(args, runs_path):
         craft, held = tr.subset(perm[:r["n_craft"]].sort().values), tr.subset(perm[HELDOUT[0]:HELDOUT[1]].sort().values)
         v = torch.from_numpy(np.load(r["perturbation"]))
         t = r["target"]
@@ -397,21 +405,10 @@ def snr_bands(args, runs_path: Path) -> str:
     set whose levels spread widely puts its loud clips far above the mean SNR, where a universal v of that loudness
     barely moves the model. Per row: test clips in quartiles of their SNR under v, Eq. 3 success in each."""
     from audioadv.attacks.universal import apply, predict
-    from audioadv.data import load_dataset
-    from audioadv.models.checkpoint import load_checkpoint
     from audioadv.signal import snr as snr_of
 
-    rows = [json.loads(l) for l in runs_path.read_text().splitlines()] if runs_path.exists() else []
-    wanted = set(filter(None, args.data.split(",")))
-    rows = [r for r in rows if r["method"] == "penalty" and not r.get("per_class") and r["data"] in wanted]
-    out, sets = [], {}
-    for r in sorted(rows, key=lambda r: (r["data"], r["arch"], r["mode"])):
-        spec = DATA[r["data"]] if not (r["data"] == "fsdd" and args.fsdd) else f"fsdd:{args.fsdd}"
-        model, cfg = load_checkpoint(r["checkpoint"], frozen=True)
-        key = (r["data"], int(cfg["input_length"]), int(cfg.get("sample_rate", 16000)))
-        if key not in sets:
-            sets[key] = load_dataset(spec, "test", input_length=key[1], sample_rate=key[2])
-        te = sets[key]
+    out = []
+    for r, model, (_, _, te) in penalty_rows(args, runs_path):
         x, y, t = te.waves, te.labels, r["target"]
         if t is not None:
             x, y = x[y != t], y[y != t]
@@ -427,7 +424,8 @@ def snr_bands(args, runs_path: Path) -> str:
         bands = []
         for lo, hi in zip(edges[:-1], edges[1:]):
             m = fin & (snr > lo) & (snr <= hi)
-            bands.append({"snr_lo": lo, "snr_hi": hi, "n": int(m.sum()), "mean_snr": float(snr[m].mean()),
+            bands.append({"snr_lo": lo if math.isfinite(lo) else None, "snr_hi": hi if math.isfinite(hi) else None,
+                          "n": int(m.sum()), "mean_snr": float(snr[m].mean()),
                           "success": float(ok[m].float().mean())})
         row = {"data": r["data"], "arch": r["arch"], "mode": r["mode"], "clean_test_accuracy": r["clean_test_accuracy"],
                "test_success": float(ok.float().mean()), "mean_snr": float(snr[fin].mean()),

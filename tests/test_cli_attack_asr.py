@@ -52,6 +52,26 @@ def test_attack_asr_writes_adversarial_wavs_and_rows(setup, capsys):
     assert "sparsity" in capsys.readouterr().err
 
 
+def test_attack_asr_rows_are_strict_json_when_nothing_changes(setup):
+    """A target the clean utterance already decodes to leaves it unchanged: SNR and dB_x have no finite value and are
+    written as null, not as Infinity (which is not JSON); the summary averages what is there."""
+    root, wavs = setup
+    from audioadv.models.asr import load_recognizer
+    model = load_recognizer(root / "asr")
+    x = load(wavs[0], SR)
+    clean = transcribe(model, x[None], torch.tensor([len(x)]))[0]
+    out = root / "unchanged"
+    assert main(["attack-asr", str(root / "asr"), "--wav", wavs[0], "--target", clean, "--max-iter", "5",
+                 "--out", str(out)]) == 0
+
+    def refuse(name):
+        raise AssertionError(f"{name} in results.jsonl")
+    row = json.loads((out / "results.jsonl").read_text(), parse_constant=refuse)
+    assert row["success"] and row["l0"] == 0.0 and row["snr_db"] is None and row["db_x"] is None
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["successes"] == 1 and summary["mean_snr_db"] is None
+
+
 def test_attack_asr_sparse_and_pcm16(setup):
     root, wavs = setup
     out = root / "sparse"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -143,6 +144,12 @@ def load_inputs(args, model):
     return [(str(i), data.waves[i].to(torch.float32), o, t, {"index": i}) for i, o, t in zip(ids, originals, targets)]
 
 
+
+def _strict(row: dict) -> dict:
+    """JSON without Infinity / NaN (not JSON; jq and browsers refuse them): an unchanged utterance has no finite SNR
+    or dB_x, written as null."""
+    return {k: (None if isinstance(x, float) and not math.isfinite(x) else x) for k, x in row.items()}
+
 def run_attack_asr(args) -> int:
     import numpy as np
     import torch
@@ -220,12 +227,15 @@ def run_attack_asr(args) -> int:
                 if args.pcm16:  # what a listener gets: the quantised file, decoded again
                     again = transcribe(model, load(path, sr)[None], torch.tensor([n]))[0]
                     row["decoded_saved"], row["success_saved"] = again, again == row["target"]
-                fh.write(json.dumps(row) + "\n")
+                row = _strict(row)
+                fh.write(json.dumps(row, allow_nan=False) + "\n")
                 fh.flush()
                 done[uid] = row
     rows = [done[i[0]] for i in inputs if i[0] in done]
     ok = [r for r in rows if r["success"]]
-    mean = lambda key, rs: float(np.mean([r[key] for r in rs])) if rs else None  # noqa: E731
+    def mean(key, rs):              # None where a row has no value (an unperturbed utterance has no SNR)
+        vals = [r[key] for r in rs if r.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
     summary = {"utterances": len(rows), "successes": len(ok), "success_rate": len(ok) / max(len(rows), 1),
                "mean_snr_db": mean("snr_db", ok), "mean_db_x": mean("db_x", ok), "mean_l0": mean("l0", ok),
                "mean_iterations": mean("iterations", ok) if ok and "iterations" in ok[0] else None,
