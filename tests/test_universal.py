@@ -10,7 +10,7 @@ import torch
 from _uap_tiny import SR, T, tones, trained_model
 
 from audioadv.attacks import universal as U
-from audioadv.attacks.universal_eval import (evaluate, format_matrix, plot_curve, transfer_matrix,
+from audioadv.attacks.universal_eval import (evaluate, format_matrix, per_example, plot_curve, transfer_matrix,
                                              two_proportion_ztest)
 
 
@@ -217,6 +217,11 @@ def test_cli_universal_and_transfer(tmp_path, capsys):
     v = np.load(out / "v.npy")
     assert v.shape == (T,) and (out / "v.wav").exists() and len(list((out / "examples").glob("*.wav"))) == 4
     assert len((out / "history.jsonl").read_text().splitlines()) == metrics["iterations"]
+    rows = [json.loads(l) for l in (out / "per_example_test.jsonl").read_text().splitlines()]
+    assert len(rows) == 30 and sum(r["success"] for r in rows) == metrics["test"]["successes"]
+    assert all(r["path"].endswith(".wav") and r["label_name"] == str(r["label"]) for r in rows)
+    snrs = [r["snr"] for r in rows if r["snr"] is not None]
+    assert np.mean(snrs) == pytest.approx(metrics["test"]["mean_snr"], abs=1e-4)
     rc = main(["universal", str(ckpt), "--data", f"fsdd:{folder}", "--method", "iterative", "--target", "3",
                "--out", str(tmp_path / "uap2"), "--max-passes", "1", "--n-craft", "6", "--quiet"])
     assert rc == 0 and json.loads((tmp_path / "uap2" / "metrics.json").read_text())["target"] == 3
@@ -432,3 +437,18 @@ def test_min_snr_keeps_the_mean_crafting_snr_at_the_budget(tiny):
     for bad in (dict(min_snr=20.0, xi=1.0), dict(min_snr=20.0, p=math.inf)):
         with pytest.raises(ValueError, match="min_snr"):
             U.penalty(model, (x, y), max_iter=1, progress=False, **bad)
+
+
+def test_per_example_rows_add_up_to_evaluate(tiny):
+    """per_example: one row per clip, whose successes, SNRs and predictions give evaluate()'s figures; a targeted run's
+    clips of the target class have success None; an unchanged clip has SNR None."""
+    model, craft, (xte, yte) = tiny
+    v, _ = U.penalty(model, craft, targeted=2, c=20, kappa=5, lr=0.03, max_iter=20, seed=0, progress=False)
+    for t in (None, 2):
+        m, rows = evaluate(model, v, (xte, yte), targeted=t), per_example(model, v, (xte, yte), targeted=t)
+        assert len(rows) == m["n"] and sum(bool(r["success"]) for r in rows) == m["successes"]
+        assert sum(r["success"] is not None for r in rows) == m["n_eval"]
+        assert all((r["success"] is None) == (t is not None and r["label"] == t) for r in rows)
+        assert np.mean([r["snr"] for r in rows if r["success"] is not None]) == pytest.approx(m["mean_snr"], abs=1e-4)
+        assert np.mean([r["perturbed"] == r["label"] for r in rows]) == pytest.approx(m["accuracy_perturbed"])
+    assert all(r["snr"] is None and r["db_x"] is None for r in per_example(model, torch.zeros_like(v), (xte, yte)))
