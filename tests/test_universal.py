@@ -239,6 +239,9 @@ def test_cli_universal_and_transfer(tmp_path, capsys):
     assert main(["universal", str(ckpt), "--data", f"fsdd:{folder}", "--method", "iterative", "--min-snr", "12",
                  "--out", str(tmp_path / "bad2")]) == 2
     assert "--min-snr is a penalty-method option" in capsys.readouterr().err
+    assert main(["universal", str(ckpt), "--data", f"fsdd:{folder}", "--min-snr", "12", "--xi", "0.3",
+                 "--out", str(tmp_path / "bad3")]) == 2
+    assert "without --xi" in capsys.readouterr().err and not (tmp_path / "bad3").exists()
 
 
 # ------------------------------------------------------------------ automatic c, cheap stopping rule, shrink, dict inputs

@@ -112,6 +112,8 @@ def run_universal(args) -> int:
         torch.set_num_threads(args.threads)
     if args.method != "penalty" and args.min_snr is not None:
         raise ValueError("--min-snr is a penalty-method option (the iterative method takes --xi and --p)")
+    if args.min_snr is not None and (args.xi is not None or args.p not in (None, "2", "2.0")):
+        raise ValueError("--min-snr sets the radius of an l2 ball: give it without --xi and --p")
     out = Path(args.out)
     if (out / "metrics.json").exists() and not args.force:
         print((out / "metrics.json").read_text())
