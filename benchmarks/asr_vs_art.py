@@ -58,7 +58,7 @@ from audioadv.asr_train import load_utterances, pad_batch
 from audioadv.attacks import cw_ctc, imperceptible
 from audioadv.attacks._ctc import asr_report
 from audioadv.data.targets import open_targets, select
-from audioadv.models.asr import load_recognizer, transcribe
+from audioadv.models.asr import load_recognizer, recognizer_card, transcribe
 
 INT16 = 1.0 / 32768  # the papers' step sizes and bounds are on the int16 scale
 
@@ -459,11 +459,7 @@ def main(argv=None) -> int:
     parent = json.loads(args.meta) if args.meta else {"jobs": 1, "argv": list(argv if argv is not None else sys.argv[1:])}
     import art
     model_dir = Path(args.model).resolve()
-    cfg = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").is_file() else {}
-    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime((model_dir / "model.safetensors").stat().st_mtime))
-    model = load_recognizer(args.model)
-    for prm in model.parameters():
-        prm.requires_grad_(False)
+    model = load_recognizer(args.model, frozen=True)
     data = load_utterances(args.data, "test")
     chosen, originals, gtargets = select(model, data, args.n, args.seed)
     clean_ok = sum(h == o for h, o in zip(transcribe(model, *pad_batch([data.waves[i] for i in chosen])), originals))
@@ -478,8 +474,7 @@ def main(argv=None) -> int:
     meta = {"command": "python benchmarks/asr_vs_art.py " + " ".join(shlex.quote(a) for a in parent["argv"]),
             "jobs": parent["jobs"], "started": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
             "threads": args.threads, "model": args.model, "model_dir": str(model_dir),
-            "model_desc": f"checkpoint written {stamp}, val CER {cfg.get('val_cer', float('nan')):.3f} at save, "
-                          f"feature_norm {cfg.get('feature_norm', 'global')}",
+            "model_desc": recognizer_card(model_dir),
             "n": len(chosen), "data": args.data, "clean_ok": clean_ok, "iters": args.iters, "iters2": args.iters2,
             "eps": args.eps, "lr": args.lr, "lr2": args.lr2, "shrink": args.shrink, "stop_after": args.stop_after,
             "patience": args.patience, "batch_size": args.batch_size or len(chosen),

@@ -47,7 +47,7 @@ from audioadv.attacks import sparse  # noqa: E402
 from audioadv.attacks._ctc import asr_report  # noqa: E402
 from audioadv.data.phrases import DIGITS, phrase_grammar  # noqa: E402
 from audioadv.metrics.text import wer  # noqa: E402
-from audioadv.models.asr import load_recognizer  # noqa: E402
+from audioadv.models.asr import load_recognizer, recognizer_card  # noqa: E402
 
 
 def grammar_jsgf() -> str:
@@ -127,11 +127,7 @@ def main(argv=None) -> int:
     sphinx = Sphinx(searches, pad=args.pad)
 
     model_dir = Path(args.model).resolve()
-    cfg = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").is_file() else {}
-    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime((model_dir / "model.safetensors").stat().st_mtime))
-    model = load_recognizer(args.model)
-    for prm in model.parameters():
-        prm.requires_grad_(False)
+    model = load_recognizer(args.model, frozen=True)
     data = load_utterances(args.data, "test")
     chosen, originals, targets = select(model, data, args.n, settings.seed)
     wav, lengths = pad_batch([data.waves[i] for i in chosen])
@@ -184,8 +180,7 @@ def main(argv=None) -> int:
     lines = [
         "# Does a real recogniser (pocketsphinx) hear the original words in our adversarial examples?", "",
         f"Written by `{command}` ({time.strftime('%Y-%m-%d %H:%M')}).", "",
-        f"- attacked model: `{args.model}` (-> `{model_dir}`: checkpoint written {stamp}, val CER "
-        f"{cfg.get('val_cer', float('nan')):.3f} at save)",
+        f"- attacked model: `{args.model}` (-> `{model_dir}`: {recognizer_card(model_dir)})",
         f"- {n} `{args.data}` test utterances (unseen voices) and targets (other grammar phrases no longer than the "
         "source) chosen as in scripts/reproduce_sparse.py",
         f"- attacks as in scripts/reproduce_sparse.py: CW tau {st.tau}, Adam lr {st.lr}, at most {st.max_iter} "

@@ -8,7 +8,8 @@ import torch
 
 from audioadv.metrics.text import cer, edit_distance, wer
 from audioadv.models.asr import (CharVocab, CTCRecognizer, HFWav2Vec2Recognizer, Recognizer, beam_search_decode,
-                                 ctc_loss, greedy_decode, load_recognizer, save_recognizer, transcribe)
+                                 ctc_loss, greedy_decode, load_recognizer, recognizer_card, save_recognizer,
+                                 transcribe)
 
 
 class Fixed:
@@ -100,6 +101,13 @@ def test_model_shapes_padding_and_gradient(tmp_path):
     assert transcribe(m2, x, lengths) == transcribe(m, x, lengths)
     cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert cfg["architecture"] == "ctc-bigru"
+    assert all(p.requires_grad for p in m2.parameters())
+    m3 = load_recognizer(tmp_path / "ckpt", frozen=True)                 # for attacks: no weight gradients
+    assert not any(p.requires_grad for p in m3.parameters()) and torch.allclose(m3(x, lengths)[0], logp, atol=1e-5)
+    xr = x.clone().requires_grad_(True)
+    ctc_loss(m3, xr, lengths, ["hello", "hi"]).sum().backward()
+    assert xr.grad.abs().sum() > 0
+    assert recognizer_card(tmp_path / "ckpt").startswith("checkpoint written 20")
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         (tmp_path / "ckpt" / "model.safetensors").unlink()
         load_recognizer(tmp_path / "ckpt")

@@ -306,8 +306,9 @@ def save_recognizer(model: CTCRecognizer, folder: str | Path, extra: dict | None
     return folder
 
 
-def load_recognizer(folder: str | Path) -> CTCRecognizer:
-    """Load a `CTCRecognizer` saved by `save_recognizer` (safetensors; never unpickles)."""
+def load_recognizer(folder: str | Path, *, frozen: bool = False) -> CTCRecognizer:
+    """Load a `CTCRecognizer` saved by `save_recognizer` (safetensors; never unpickles); ``frozen``: weights without
+    gradients (an attack needs gradients w.r.t. the input only)."""
     from safetensors.torch import load_file
     folder = Path(folder)
     cfg_path, weights = folder / "config.json", folder / "model.safetensors"
@@ -320,7 +321,19 @@ def load_recognizer(folder: str | Path) -> CTCRecognizer:
     keys = ("n_mels", "channels", "hidden", "layers", "alphabet", "sample_rate", "dropout", "feature_norm")
     model = CTCRecognizer(**{k: cfg[k] for k in keys if k in cfg})
     model.load_state_dict(load_file(str(weights)))
-    return model.eval()
+    return model.eval().requires_grad_(not frozen)
+
+
+def recognizer_card(folder: str | Path) -> str:
+    """One line that tells which saved recogniser a report attacked: when its weights were written, its validation
+    CER at save and its feature normalisation (from config.json)."""
+    import time
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime((folder / "model.safetensors").stat().st_mtime))
+    return (f"checkpoint written {stamp}, val CER {cfg.get('val_cer', float('nan')):.3f} at save, "
+            f"feature_norm {cfg.get('feature_norm', 'global')}")
 
 
 # ----------------------------------------------------------------------------------------------
