@@ -25,9 +25,16 @@ def _finite_mean(t: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _per_clip(model, v: torch.Tensor, data, targeted: int | None, batch_size: int):
-    """Per-clip tensors behind :func:`evaluate` and :func:`per_example`: labels, clean and perturbed predictions,
-    success (Eq. 3), the mask of clips that count (targeted: outside the target), SNR and dB_x of clip(x + v) - x."""
+def evaluate(model, v: torch.Tensor, data, *, targeted: int | None = None, batch_size: int = 100,
+             rows: bool = False):
+    """Metrics of a universal perturbation v (T,) on a dataset (AudioDataset, (waves, labels) or loader).
+
+    success_rate: untargeted, prediction on clip(x + v) differs from the prediction on x (Eq. 3);
+    targeted, prediction equals the target, over the points whose true label is not the target.
+    mean_snr (Eq. 14) and mean_db_x (Eq. 15) average the per-example values of the perturbed inputs
+    (examples with an infinite value, e.g. a zero perturbation, are left out of the mean and counted).
+    rows=True: returns (metrics, the :func:`per_example` rows) from the same forward passes.
+    """
     waves, labels = as_tensors(data)
     v = torch.as_tensor(v, dtype=waves.dtype).flatten()
     if v.shape[0] != waves.shape[1]:
@@ -36,26 +43,16 @@ def _per_clip(model, v: torch.Tensor, data, targeted: int | None, batch_size: in
     adv_in = apply(v, waves)
     pert = predict(model, adv_in, batch_size)
     delta = adv_in - waves
+    snr = _snr(waves, delta)
+    dbx = _db_x(waves, delta)
+    out = {"n": len(waves), "accuracy_clean": float((clean == labels).float().mean()),
+           "accuracy_perturbed": float((pert == labels).float().mean())}
     if targeted is None:
-        succ, mask = pert != clean, torch.ones(len(waves), dtype=torch.bool)
+        succ = pert != clean
+        mask = torch.ones_like(succ)
     else:
         mask = labels != int(targeted)
         succ = (pert == int(targeted)) & mask
-    return v, labels, clean, pert, succ, mask, _snr(waves, delta), _db_x(waves, delta)
-
-
-def evaluate(model, v: torch.Tensor, data, *, targeted: int | None = None, batch_size: int = 100) -> dict:
-    """Metrics of a universal perturbation v (T,) on a dataset (AudioDataset, (waves, labels) or loader).
-
-    success_rate: untargeted, prediction on clip(x + v) differs from the prediction on x (Eq. 3);
-    targeted, prediction equals the target, over the points whose true label is not the target.
-    mean_snr (Eq. 14) and mean_db_x (Eq. 15) average the per-example values of the perturbed inputs
-    (examples with an infinite value, e.g. a zero perturbation, are left out of the mean and counted).
-    """
-    v, labels, clean, pert, succ, mask, snr, dbx = _per_clip(model, v, data, targeted, batch_size)
-    out = {"n": len(labels), "accuracy_clean": float((clean == labels).float().mean()),
-           "accuracy_perturbed": float((pert == labels).float().mean())}
-    if targeted is not None:
         out["target"] = int(targeted)
     n_eval = int(mask.sum())
     out.update({"n_eval": n_eval, "successes": int(succ.sum()),
@@ -63,7 +60,13 @@ def evaluate(model, v: torch.Tensor, data, *, targeted: int | None = None, batch
                 "mean_snr": _finite_mean(snr[mask]), "mean_db_x": _finite_mean(dbx[mask]),
                 "n_infinite_snr": int((~torch.isfinite(snr[mask])).sum()),
                 "v_linf": float(v.abs().max()), "v_l2": float(v.norm())})
-    return out
+    if not rows:
+        return out
+    items = getattr(data, "items", None) or [{}] * len(labels)
+    finite = lambda x: float(x) if math.isfinite(float(x)) else None      # noqa: E731
+    return out, [{"index": i, **items[i], "label": int(labels[i]), "clean": int(clean[i]), "perturbed": int(pert[i]),
+                  "success": bool(succ[i]) if mask[i] else None, "snr": finite(snr[i]), "db_x": finite(dbx[i])}
+                 for i in range(len(labels))]
 
 
 def per_example(model, v: torch.Tensor, data, *, targeted: int | None = None, batch_size: int = 100) -> list[dict]:
@@ -71,12 +74,7 @@ def per_example(model, v: torch.Tensor, data, *, targeted: int | None = None, ba
     perturbed prediction, success (Eq. 3; None for a targeted run's clips of the target class, which do not count),
     SNR and dB_x (None where not finite: an unchanged clip), plus the clip's metadata (source file, speaker, ...)
     when ``data`` is an AudioDataset that has it."""
-    _, labels, clean, pert, succ, mask, snr, dbx = _per_clip(model, v, data, targeted, batch_size)
-    items = getattr(data, "items", None) or [{}] * len(labels)
-    finite = lambda x: float(x) if math.isfinite(float(x)) else None      # noqa: E731
-    return [{"index": i, **items[i], "label": int(labels[i]), "clean": int(clean[i]), "perturbed": int(pert[i]),
-             "success": bool(succ[i]) if mask[i] else None, "snr": finite(snr[i]), "db_x": finite(dbx[i])}
-            for i in range(len(labels))]
+    return evaluate(model, v, data, targeted=targeted, batch_size=batch_size, rows=True)[1]
 
 
 def transfer_matrix(perturbations: dict, models: dict, data, *, targeted: int | None = None,

@@ -144,11 +144,11 @@ def load_inputs(args, model):
     return [(str(i), data.waves[i].to(torch.float32), o, t, {"index": i}) for i, o, t in zip(ids, originals, targets)]
 
 
-
 def _strict(row: dict) -> dict:
     """JSON without Infinity / NaN (not JSON; jq and browsers refuse them): an unchanged utterance has no finite SNR
     or dB_x, written as null."""
     return {k: (None if isinstance(x, float) and not math.isfinite(x) else x) for k, x in row.items()}
+
 
 def run_attack_asr(args) -> int:
     import numpy as np

@@ -103,7 +103,7 @@ def run_universal(args) -> int:
     import torch
 
     from ..attacks import universal as U
-    from ..attacks.universal_eval import evaluate, per_example
+    from ..attacks.universal_eval import evaluate
     from ..data import load_dataset
     from ..io import save
     from ..models.checkpoint import load_checkpoint
@@ -149,9 +149,9 @@ def run_universal(args) -> int:
     wall = time.perf_counter() - t0
     hist_f.close()
     m_craft = evaluate(model, v, craft_ds, targeted=target)
-    m_test = evaluate(model, v, test_ds, targeted=target)
+    m_test, rows = evaluate(model, v, test_ds, targeted=target, rows=True)
     with open(out / "per_example_test.jsonl", "w") as fh:       # the rows behind m_test, one per test clip
-        for row in per_example(model, v, test_ds, targeted=target):
+        for row in rows:
             fh.write(json.dumps({**row, "label_name": classes[row["label"]], "clean_name": classes[row["clean"]],
                                  "perturbed_name": classes[row["perturbed"]]}) + "\n")
     np.save(out / "v.npy", v.numpy())
