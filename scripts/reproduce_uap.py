@@ -404,32 +404,28 @@ def snr_bands(args, runs_path: Path) -> str:
     """With v fixed, SNR_i = level(x_i) - SPL(v): the mean SNR of Eq. 14 hides how the clips' own levels spread. A data
     set whose levels spread widely puts its loud clips far above the mean SNR, where a universal v of that loudness
     barely moves the model. Per row: test clips in quartiles of their SNR under v, Eq. 3 success in each."""
-    from audioadv.attacks.universal import apply, predict
-    from audioadv.signal import snr as snr_of
+    from audioadv.attacks.universal_eval import evaluate
 
     out = []
     for r, model, (_, _, te) in penalty_rows(args, runs_path):
-        x, y, t = te.waves, te.labels, r["target"]
-        if t is not None:
-            x, y = x[y != t], y[y != t]
-        v = torch.from_numpy(np.load(r["perturbation"])).to(x.dtype)
-        adv = apply(v, x)
-        clean, pert = predict(model, x, 100), predict(model, adv, 100)
-        ok = (pert != clean) if t is None else (pert == t)
-        snr = snr_of(x, adv - x)
+        v = torch.from_numpy(np.load(r["perturbation"]))
+        clips = [c for c in evaluate(model, v, te, targeted=r["target"], rows=True)[1]
+                 if c["success"] is not None and c["snr"] is not None]     # counted clips with a finite SNR
+        snr = torch.tensor([c["snr"] for c in clips], dtype=torch.float64)
+        ok = torch.tensor([c["success"] for c in clips])
+        x = te.waves[[c["index"] for c in clips]]
         level = 10 * torch.log10(x.pow(2).mean(1))
-        fin = torch.isfinite(snr)
-        q = torch.quantile(snr[fin].double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+        q = torch.quantile(snr, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
         edges = [-math.inf, *q, math.inf]
         bands = []
         for lo, hi in zip(edges[:-1], edges[1:]):
-            m = fin & (snr > lo) & (snr <= hi)
+            m = (snr > lo) & (snr <= hi)
             bands.append({"snr_lo": lo if math.isfinite(lo) else None, "snr_hi": hi if math.isfinite(hi) else None,
                           "n": int(m.sum()), "mean_snr": float(snr[m].mean()),
                           "success": float(ok[m].float().mean())})
         row = {"data": r["data"], "arch": r["arch"], "mode": r["mode"], "clean_test_accuracy": r["clean_test_accuracy"],
-               "test_success": float(ok.float().mean()), "mean_snr": float(snr[fin].mean()),
-               "level_mean": float(level[fin].mean()), "level_sd": float(level[fin].std()), "bands": bands,
+               "test_success": float(ok.float().mean()), "mean_snr": float(snr.mean()),
+               "level_mean": float(level.mean()), "level_sd": float(level.std()), "bands": bands,
                "settings": r["settings"], "runs": str(runs_path),
                "command": "python scripts/reproduce_uap.py " + " ".join(sys.argv[1:])}
         out.append(row)

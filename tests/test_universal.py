@@ -455,3 +455,8 @@ def test_per_example_rows_add_up_to_evaluate(tiny):
         assert np.mean([r["snr"] for r in rows if r["success"] is not None]) == pytest.approx(m["mean_snr"], abs=1e-4)
         assert np.mean([r["perturbed"] == r["label"] for r in rows]) == pytest.approx(m["accuracy_perturbed"])
     assert all(r["snr"] is None and r["db_x"] is None for r in per_example(model, torch.zeros_like(v), (xte, yte)))
+    from audioadv.data.base import AudioDataset
+    ds = AudioDataset(xte, yte, ["a", "b", "c", "d"], items=[{"path": f"{i}.wav", "index": 100 + i} for i in range(len(yte))])
+    rows = per_example(model, v, ds)
+    assert [r["index"] for r in rows] == list(range(len(yte)))           # the row's own index, not the metadata's
+    assert rows[3]["item_index"] == 103 and rows[3]["path"] == "3.wav"

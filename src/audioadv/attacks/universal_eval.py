@@ -64,16 +64,20 @@ def evaluate(model, v: torch.Tensor, data, *, targeted: int | None = None, batch
         return out
     items = getattr(data, "items", None) or [{}] * len(labels)
     finite = lambda x: float(x) if math.isfinite(float(x)) else None      # noqa: E731
-    return out, [{"index": i, **items[i], "label": int(labels[i]), "clean": int(clean[i]), "perturbed": int(pert[i]),
-                  "success": bool(succ[i]) if mask[i] else None, "snr": finite(snr[i]), "db_x": finite(dbx[i])}
-                 for i in range(len(labels))]
+    per = []
+    for i in range(len(labels)):
+        row = {"index": i, "label": int(labels[i]), "clean": int(clean[i]), "perturbed": int(pert[i]),
+               "success": bool(succ[i]) if mask[i] else None, "snr": finite(snr[i]), "db_x": finite(dbx[i])}
+        # the clip's metadata; a key that would shadow one of the row's own is kept as item_<key>
+        per.append({**{(f"item_{k}" if k in row else k): x for k, x in items[i].items()}, **row})
+    return out, per
 
 
 def per_example(model, v: torch.Tensor, data, *, targeted: int | None = None, batch_size: int = 100) -> list[dict]:
     """One record per clip of ``data`` under v, the rows behind :func:`evaluate`: index, true label, clean and
     perturbed prediction, success (Eq. 3; None for a targeted run's clips of the target class, which do not count),
     SNR and dB_x (None where not finite: an unchanged clip), plus the clip's metadata (source file, speaker, ...)
-    when ``data`` is an AudioDataset that has it."""
+    when ``data`` is an AudioDataset that has it (a metadata key that the row already uses becomes item_<key>)."""
     return evaluate(model, v, data, targeted=targeted, batch_size=batch_size, rows=True)[1]
 
 
