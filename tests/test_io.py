@@ -131,3 +131,15 @@ def test_save_float_keeps_values(tmp_path):
 def test_save_rejects_nan(tmp_path):
     with pytest.raises(AudioError, match="NaN"):
         save(tmp_path / "n.wav", torch.tensor([0.0, float("nan")]), 16000)
+
+
+def test_result_records_are_strict_json():
+    """Infinity and NaN are not JSON: result writers put null where a quantity does not exist."""
+    import json
+    import math
+
+    from audioadv.results import dumps, json_safe
+    rec = {"snr": math.inf, "db_x": -math.inf, "mean": math.nan, "ok": 1.5, "n": 3, "nested": [{"x": math.inf}, (2.0,)]}
+    assert json_safe(rec) == {"snr": None, "db_x": None, "mean": None, "ok": 1.5, "n": 3, "nested": [{"x": None}, [2.0]]}
+    text = dumps(rec)
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c))["nested"][0]["x"] is None

@@ -1,6 +1,8 @@
 """scripts/reproduce_uap.py end to end on a one-model zoo and a folder of tone WAVs named like FSDD: a budgeted penalty
-row, resume, and the two diagnostics that read the rows back (--snr-bands, --at-snr)."""
+row, resume, and the two diagnostics that read the rows back (--snr-bands, --at-snr); scripts/uap_probe.py on the
+same zoo."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +15,8 @@ from _uap_tiny import SR, T, tones
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args):
-    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce_uap.py"), *map(str, args)], cwd=ROOT,
+def run(*args, script="reproduce_uap.py", env=None):
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, args)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     return p.stdout
@@ -61,3 +63,18 @@ def test_budgeted_rows_resume_and_diagnostics(zoo):
     run(*common, "--at-snr", "25")
     at = json.loads((root / "uap_at_snr.jsonl").read_text())
     assert at["alpha"] <= 1 and at["craft_snr"] == pytest.approx(max(25.0, row["craft"]["mean_snr"]), abs=0.05)
+
+
+def test_uap_probe_budget_and_iterative(zoo):
+    import os
+    root, folder = zoo
+    env = {**os.environ, "FSDD": str(folder)}
+    out = root / "probes.jsonl"
+    for settings in ('{"snr_ball": 15, "max_iter": 3, "n_craft": 20, "lr": 0.01, "c": 100, "escalate": false}',
+                     '{"method": "iterative", "snr_ball": 15, "max_passes": 1, "n_craft": 20, "batch_size": 10}'):
+        run("fsdd", "cnn1d-rand", "U", "t", settings, "--zoo", root / "zoo", "--out", out, script="uap_probe.py", env=env)
+    pen, it = [json.loads(l) for l in out.read_text().splitlines()]
+    assert pen["method"] == "penalty" and pen["settings"]["min_snr"] == 15 and pen["craft_snr"] >= 15 - 1e-3
+    assert it["method"] == "iterative" and it["settings"]["p"] == 2 and it["settings"]["xi"] > 0
+    assert math.isnan(it["craft_snr"]) or it["craft_snr"] >= 15 - 1e-3     # nan: this untrained model left v at 0
+    assert pen["heldout"] is not None and "uap_probe.py fsdd cnn1d-rand U t" in pen["command"]

@@ -217,7 +217,10 @@ def test_cli_universal_and_transfer(tmp_path, capsys):
     v = np.load(out / "v.npy")
     assert v.shape == (T,) and (out / "v.wav").exists() and len(list((out / "examples").glob("*.wav"))) == 4
     assert len((out / "history.jsonl").read_text().splitlines()) == metrics["iterations"]
-    rows = [json.loads(l) for l in (out / "per_example_test.jsonl").read_text().splitlines()]
+    strict = lambda text: json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))  # noqa: E731
+    history = [strict(l) for l in (out / "history.jsonl").read_text().splitlines()]
+    assert history[0]["spl"] is None                     # SPL of v' = 0 is -inf: written as null
+    rows = [strict(l) for l in (out / "per_example_test.jsonl").read_text().splitlines()]
     assert len(rows) == 30 and sum(r["success"] for r in rows) == metrics["test"]["successes"]
     assert all(r["path"].endswith(".wav") and r["label_name"] == str(r["label"]) for r in rows)
     snrs = [r["snr"] for r in rows if r["snr"] is not None]

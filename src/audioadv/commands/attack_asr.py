@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -144,12 +143,6 @@ def load_inputs(args, model):
     return [(str(i), data.waves[i].to(torch.float32), o, t, {"index": i}) for i, o, t in zip(ids, originals, targets)]
 
 
-def _strict(row: dict) -> dict:
-    """JSON without Infinity / NaN (not JSON; jq and browsers refuse them): an unchanged utterance has no finite SNR
-    or dB_x, written as null."""
-    return {k: (None if isinstance(x, float) and not math.isfinite(x) else x) for k, x in row.items()}
-
-
 def run_attack_asr(args) -> int:
     import numpy as np
     import torch
@@ -159,6 +152,7 @@ def run_attack_asr(args) -> int:
     from ..attacks._ctc import asr_report
     from ..io import load, save
     from ..models.asr import load_recognizer, transcribe
+    from ..results import dumps, json_safe
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -227,8 +221,8 @@ def run_attack_asr(args) -> int:
                 if args.pcm16:  # what a listener gets: the quantised file, decoded again
                     again = transcribe(model, load(path, sr)[None], torch.tensor([n]))[0]
                     row["decoded_saved"], row["success_saved"] = again, again == row["target"]
-                row = _strict(row)
-                fh.write(json.dumps(row, allow_nan=False) + "\n")
+                row = json_safe(row)        # an unchanged utterance has no finite SNR or dB_x: null
+                fh.write(dumps(row) + "\n")
                 fh.flush()
                 done[uid] = row
     rows = [done[i[0]] for i in inputs if i[0] in done]
@@ -242,6 +236,6 @@ def run_attack_asr(args) -> int:
                "mean_cer_target": mean("cer_target", rows), "attack": args.attack, "sparsity": args.sparsity}
     if args.pcm16:
         summary["successes_saved"] = sum(bool(r.get("success_saved")) for r in rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(json.dumps(summary, indent=1))
+    (out / "summary.json").write_text(dumps(summary, indent=1))
+    print(dumps(summary, indent=1))
     return 0

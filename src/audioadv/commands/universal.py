@@ -107,6 +107,7 @@ def run_universal(args) -> int:
     from ..data import load_dataset
     from ..io import save
     from ..models.checkpoint import load_checkpoint
+    from ..results import dumps
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,7 +131,7 @@ def run_universal(args) -> int:
     hist_f = open(out / "history.jsonl", "w")
 
     def log(v, rec):
-        hist_f.write(json.dumps(rec) + "\n")
+        hist_f.write(dumps(rec) + "\n")
         hist_f.flush()
 
     p = None if args.p is None else (math.inf if str(args.p).lower() in ("inf", "linf") else float(args.p))
@@ -152,7 +153,7 @@ def run_universal(args) -> int:
     m_test, rows = evaluate(model, v, test_ds, targeted=target, rows=True)
     with open(out / "per_example_test.jsonl", "w") as fh:       # the rows behind m_test, one per test clip
         for row in rows:
-            fh.write(json.dumps({**row, "label_name": classes[row["label"]], "clean_name": classes[row["clean"]],
+            fh.write(dumps({**row, "label_name": classes[row["label"]], "clean_name": classes[row["clean"]],
                                  "perturbed_name": classes[row["perturbed"]]}) + "\n")
     np.save(out / "v.npy", v.numpy())
     save(out / "v.wav", v, sr, subtype="FLOAT")
@@ -176,7 +177,7 @@ def run_universal(args) -> int:
                        shrink_scale=history[-1].get("shrink_scale"),
                        stop_iter=next((r["iter"] for r in history if r.get("stop")), None),
                        returned_iter=history[-1].get("returned_iter"))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "metrics.json").write_text(dumps(metrics, indent=2) + "\n")
     print(f"{args.method} {'untargeted' if target is None else 'target ' + classes[target]}: "
           f"craft success {m_craft['success_rate']:.3f}, test success {m_test['success_rate']:.3f}, "
           f"mean SNR {m_test['mean_snr']:.2f} dB, mean dB_x {m_test['mean_db_x']:.2f}, "
