@@ -405,6 +405,7 @@ def snr_bands(args, runs_path: Path) -> str:
     set whose levels spread widely puts its loud clips far above the mean SNR, where a universal v of that loudness
     barely moves the model. Per row: test clips in quartiles of their SNR under v, Eq. 3 success in each."""
     from audioadv.attacks.universal_eval import evaluate
+    from audioadv.signal import spl
 
     out = []
     for r, model, (_, _, te) in penalty_rows(args, runs_path):
@@ -414,7 +415,7 @@ def snr_bands(args, runs_path: Path) -> str:
         snr = torch.tensor([c["snr"] for c in clips], dtype=torch.float64)
         ok = torch.tensor([c["success"] for c in clips])
         x = te.waves[[c["index"] for c in clips]]
-        level = 10 * torch.log10(x.pow(2).mean(1))
+        level = spl(x)
         q = torch.quantile(snr, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
         edges = [-math.inf, *q, math.inf]
         bands = []

@@ -49,12 +49,6 @@ class NSGD(torch.optim.Optimizer):
                     q.add_(q.grad / q.grad.norm(), alpha=-group["lr"] * q.numel() ** 0.5)
 
 
-def radius(waves: torch.Tensor, snr_db: float) -> float:
-    """||v||_2 at which the mean SNR over these clips is snr_db (penalty()'s min_snr rule)."""
-    level = 10 * torch.log10(waves.double().pow(2).mean(1))
-    return waves.shape[1] ** 0.5 * 10 ** ((float(level[torch.isfinite(level)].mean()) - snr_db) / 20)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("data", choices=sorted(TARGET))
@@ -96,7 +90,7 @@ def main() -> None:
         if method == "penalty":
             kw["min_snr"] = snr_ball
         else:
-            kw.update(p=2, xi=radius(craft.waves if t is None else craft.waves[craft.labels != t], snr_ball))
+            kw.update(p=2, xi=U.snr_radius(craft.waves if t is None else craft.waves[craft.labels != t], snr_ball))
     if opt == "nsgd":
         U.torch.optim.Adam = NSGD       # penalty() builds its optimiser as torch.optim.Adam
     t0 = time.perf_counter()

@@ -317,6 +317,17 @@ def perturbation_from_tanh(vp: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     return torch.tanh(vp) / (1 - eps)
 
 
+def snr_radius(waves: torch.Tensor, snr_db: float) -> float:
+    """The l2 norm of a v whose mean SNR (Eq. 14) over these clips is snr_db: with v fixed, SNR_i = SPL(x_i) - SPL(v),
+    so ||v||_2 = sqrt(T) 10^((mean_i SPL(x_i) - snr_db) / 20). Silent clips have no SNR and are left out, as in
+    evaluate()."""
+    level = _spl(waves.double())
+    level = level[torch.isfinite(level)]
+    if len(level) == 0:
+        raise ValueError("every clip is silent, so no SNR budget can be set")
+    return math.sqrt(waves.shape[-1]) * 10.0 ** ((float(level.mean()) - float(snr_db)) / 20.0)
+
+
 def penalty_loss(logits: torch.Tensor, labels: torch.Tensor, vp: torch.Tensor, *, targeted: bool,
                  c: float, kappa: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SPL(v') + c * mean_i G_i (Eqs. 10, 11; Algorithm 1 sums the per-example gradients, which
@@ -488,11 +499,7 @@ def penalty(model, data, *, targeted: int | None = None, c: float | str | None =
         if xi is not None or p != 2:
             raise ValueError(f"min_snr sets an l2 radius: it excludes xi and needs p=2, got min_snr={min_snr}, xi={xi}, "
                              f"p={p}")
-        level = 10.0 * torch.log10(waves.double().pow(2).mean(1))
-        level = level[torch.isfinite(level)]    # silent clips have no SNR (evaluate() leaves them out too)
-        if len(level) == 0:
-            raise ValueError("min_snr: every crafting clip is silent, so no SNR budget can be set")
-        xi = math.sqrt(waves.shape[1]) * 10.0 ** ((float(level.mean()) - float(min_snr)) / 20.0)
+        xi = snr_radius(waves, min_snr)
     with torch.no_grad():               # one clean pass: reference predictions and the logit scale
         clean = torch.cat([model(take(inputs, slice(i, i + eval_batch_size)))
                            for i in range(0, len(labels), eval_batch_size)])
