@@ -143,3 +143,23 @@ def test_result_records_are_strict_json():
     assert json_safe(rec) == {"snr": None, "db_x": None, "mean": None, "ok": 1.5, "n": 3, "nested": [{"x": None}, [2.0]]}
     text = dumps(rec)
     assert json.loads(text, parse_constant=lambda c: pytest.fail(c))["nested"][0]["x"] is None
+
+
+def test_truncated_wav_is_refused_with_declared_and_present_lengths(tmp_path):
+    path = tmp_path / "cut.wav"
+    save(path, torch.zeros(16000) + 0.1, 16000)
+    data = path.read_bytes()
+    path.write_bytes(data[:44 + 16])            # header promises 16000 samples, 8 are there
+    with pytest.raises(AudioError, match=r"cut.wav: truncated: the header declares 16000 samples but the file holds 8"):
+        load(path)
+    with pytest.warns(UserWarning, match="truncated"):
+        assert load(path, allow_truncated=True).shape == (8,)
+
+
+def test_float_file_outside_full_scale_is_clipped_with_a_warning(tmp_path):
+    import soundfile as sf
+    path = tmp_path / "loud.wav"
+    sf.write(str(path), np.array([0.1, 3.0, -2.0], dtype=np.float32), 16000, subtype="FLOAT")
+    with pytest.warns(UserWarning, match=r"loud.wav: 2 sample\(s\) outside \[-1, 1\] \(peak 3\)"):
+        x = load(path, None)
+    assert x.tolist() == pytest.approx([0.1, 1.0, -1.0])

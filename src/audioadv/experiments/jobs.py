@@ -1,0 +1,412 @@
+"""What each job kind computes, example by example, into the results store.
+
+Examples are processed in a fixed partition into batches (the job's `batch_size`, in the order the examples were
+selected), and each batch draws its randomness from `seed` and its own index. A batch is committed in one
+transaction, so a run that is killed and started again recomputes only the batch in flight, with the same
+numbers as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from ..io import save
+from ..signal import db_x, l0, l2, linf, snr
+from .spec import ASR_ATTACKS, Job, Model
+from .store import Store, job_id
+
+SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class Context:
+    """What the jobs of one run share: its folder, store, loaded models and data, progress settings."""
+
+    def __init__(self, run_dir, store: Store, *, quiet: bool = False, log=print):
+        self.root, self.store, self.quiet, self.log = Path(run_dir), store, quiet, log
+        self._models, self._data = {}, {}
+
+    def bar(self, total: int, done: int, desc: str):
+        from tqdm import tqdm
+        return tqdm(total=total, initial=done, desc=desc[:60], unit="ex", disable=self.quiet, dynamic_ncols=True,
+                    smoothing=0.1)
+
+    def dataset(self, spec: str, split: str, length: int | None = None, sr: int = 16000):
+        from ..data import load_dataset
+        key = (spec, split, length, sr)
+        if key not in self._data:
+            kw = {} if length is None else {"input_length": length, "sample_rate": sr}
+            self._data[key] = load_dataset(spec, split, **kw)
+        return self._data[key]
+
+
+def _seed_for(seed: int, batch: int) -> int:
+    return (seed * 1_000_003 + batch) % (2 ** 31)
+
+
+def _save_audio(ctx: Context, jid: str, eid: str, clean, adv, sr: int) -> dict:
+    folder = ctx.root / "audio" / jid
+    stem = SAFE.sub("_", eid)
+    paths = {}
+    for name, wav in (("clean", clean), ("adv", adv), ("delta", adv - clean)):
+        path = folder / f"{stem}-{name}.wav"
+        save(path, wav.detach().float().cpu(), sr, subtype="FLOAT", warn_clipping=False)
+        paths[f"{name}_wav"] = str(path.relative_to(ctx.root))
+    return paths
+
+
+def _accepts(fn, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+# models -----------------------------------------------------------------------------------------------------
+def load_model(ctx: Context, model: Model, *, recogniser: bool = False):
+    """(module, config) of a declared model, training it first (as a `train` job) when it has a train block."""
+    if model.name in ctx._models:
+        return ctx._models[model.name]
+    if model.train is not None:
+        out = run_train(ctx, model)
+    elif recogniser:
+        out = _load_recogniser(model.checkpoint)
+    else:
+        from ..models import load_checkpoint
+        out = load_checkpoint(model.checkpoint, frozen=True)
+    ctx._models[model.name] = out
+    return out
+
+
+def _load_recogniser(folder: str):
+    import json
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    if "architectures" in cfg or "model_type" in cfg:       # a Hugging Face folder
+        from ..models.asr import HFWav2Vec2Recognizer
+        return HFWav2Vec2Recognizer.from_pretrained(folder), cfg
+    from ..models.asr import load_recognizer
+    return load_recognizer(folder, frozen=True), cfg
+
+
+def run_train(ctx: Context, model: Model):
+    """Train a zoo classifier (train.fit) and store its per-example test predictions."""
+    from .. import models as zoo
+    from ..models import load_checkpoint
+    from ..train import TrainConfig, fit, predict, split_validation
+
+    s = dict(model.train)
+    settings = {k: v for k, v in s.items() if k != "data_name"}
+    jid = job_id("train", settings)
+    folder = ctx.root / "models" / jid
+    old = ctx.store.job(jid)
+    if old and old["status"] == "done" and (folder / "model.safetensors").is_file():
+        m, cfg = load_checkpoint(folder, frozen=True)
+        return m, cfg
+    ctx.store.start_job(jid, "train", f"train {model.name}", settings,
+                        labels={"model": model.name, "arch": s["arch"], "data": s["data_name"], "epochs": s["epochs"]})
+    if not ctx.quiet:
+        ctx.log(f"training {model.name} ({s['arch']} on {s['data_name']}, {s['epochs']} epochs)")
+    train = ctx.dataset(s["data"], "train")
+    try:
+        val = ctx.dataset(s["data"], s["val_split"]) if s["val_split"] else None
+    except (ValueError, FileNotFoundError):
+        val = None
+    if val is None or len(val) == 0:
+        train, val = split_validation(train, 0.1, s["seed"])
+    torch.manual_seed(s["seed"])
+    net = zoo.create(s["arch"], num_classes=train.num_classes, input_length=train.input_length,
+                     sample_rate=train.sample_rate)
+    cfg = TrainConfig(**{k: s[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "seed", "noise_sigma",
+                                           "noise_at", "gain_db", "shift_ms")})
+    t0 = time.time()
+    summary = fit(net, train, val, cfg, out_dir=folder, config={"data": s["data"]}, progress=not ctx.quiet,
+                  log=(lambda m: None) if ctx.quiet else (lambda m: ctx.log("    " + m)))
+    net, config = load_checkpoint(folder, frozen=True)
+    test = ctx.dataset(s["data"], "test", int(config["input_length"]), int(config.get("sample_rate", 16000)))
+    with torch.no_grad():
+        preds = predict(net, test.waves).argmax(1)
+    rows = []
+    for i in range(len(test)):
+        item = test.items[i] if test.items else {}
+        rows.append((f"test-{i:05d}", i, {**_meta(item), "label": test.classes[int(test.labels[i])],
+                                          "prediction": test.classes[int(preds[i])],
+                                          "correct": bool(preds[i] == test.labels[i])}))
+    ctx.store.db.execute("DELETE FROM examples WHERE job_id=?", (jid,))
+    ctx.store.add_examples(jid, rows)
+    acc = float((preds == test.labels).float().mean()) if len(test) else None
+    ctx.store.finish_job(jid, {"accuracy": acc, "n": len(test), "train_clips": len(train),
+                               "best_epoch": summary.get("best_epoch"), "seconds": round(time.time() - t0, 1),
+                               "checkpoint": str(folder.relative_to(ctx.root))})
+    return net, config
+
+
+def _meta(item: dict) -> dict:
+    """The example's metadata (short scalars: file, speaker, voice, ...) as item_<key>, apart from result fields."""
+    return {f"item_{k}": v for k, v in item.items()
+            if isinstance(v, (str, int, float, bool)) and not (isinstance(v, str) and len(v) > 300)}
+
+
+def _class_index(target, classes: list[str], where: str) -> int | None:
+    if target is False or target is None or target == "":
+        return None
+    if str(target) in classes:
+        return classes.index(str(target))
+    if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < len(classes):
+        return target
+    raise ValueError(f"{where}: target {target!r} is not a class of the model ({', '.join(classes)})")
+
+
+def _select(ds, s: dict, preds: torch.Tensor | None = None) -> list[int]:
+    idx = list(range(len(ds)))
+    if s.get("per_class"):
+        g = torch.Generator().manual_seed(s["seed"])
+        idx = sorted(int(i) for c in range(ds.num_classes)
+                     for i in (ds.labels == c).nonzero().flatten()[
+                         torch.randperm(int((ds.labels == c).sum()), generator=g)[:s["per_class"]]])
+    if preds is not None:
+        idx = [i for i in idx if preds[i] == ds.labels[i]]
+    if s.get("examples"):
+        idx = idx[:s["examples"]]
+    return idx
+
+
+def _loop(ctx: Context, job: Job, jid: str, ids: list[str], batch_size: int, compute) -> None:
+    """Run compute(batch_index, positions) -> rows over the batches not yet in the store."""
+    done = ctx.store.done_ids(jid)
+    bar = ctx.bar(len(ids), len(done & set(ids)), job.name)
+    try:
+        for b, start in enumerate(range(0, len(ids), batch_size)):
+            pos = list(range(start, min(start + batch_size, len(ids))))
+            if all(ids[p] in done for p in pos):
+                continue
+            rows = compute(b, pos)
+            ctx.store.add_examples(jid, [r for r in rows if r[0] not in done])
+            bar.update(sum(r[0] not in done for r in rows))
+    finally:
+        bar.close()
+
+
+# classifier attacks -------------------------------------------------------------------------------------------
+def run_attack(ctx: Context, job: Job, jid: str) -> dict:
+    from .. import attacks
+    from ..train import predict
+
+    s = job.settings
+    model, cfg = load_model(ctx, job.model)
+    ds = ctx.dataset(job.data, s["split"], int(cfg["input_length"]), int(cfg.get("sample_rate", 16000)))
+    classes = [str(c) for c in cfg.get("classes", ds.classes)]
+    target = _class_index(s["target"], classes, job.name)
+    with torch.no_grad():
+        clean = predict(model, ds.waves).argmax(1)
+    idx = _select(ds, s, clean if s["only_correct"] else None)
+    if target is not None:
+        idx = [i for i in idx if int(ds.labels[i]) != target]
+    fn = getattr(attacks, s["attack"])
+    ids = [f"{s['split']}-{i:05d}" for i in idx]
+
+    def compute(b, pos):
+        rows_idx = torch.tensor([idx[p] for p in pos])
+        x, y = ds.waves[rows_idx], ds.labels[rows_idx]
+        kw = dict(job.fn_params)
+        if _accepts(fn, "seed"):
+            kw["seed"] = _seed_for(s["seed"], b)
+        torch.manual_seed(_seed_for(s["seed"], b))
+        labels = torch.full_like(y, target) if target is not None else y
+        t0 = time.perf_counter()
+        adv = fn(model, x, labels, targeted=target is not None, **kw)
+        secs = (time.perf_counter() - t0) / len(pos)
+        with torch.no_grad():
+            pa = model(adv).argmax(1)
+        d = adv - x
+        m = {"snr_db": snr(x, d), "db_x": db_x(x, d), "l2": l2(d), "linf": linf(d), "l0": l0(d)}
+        out = []
+        for j, p in enumerate(pos):
+            i = idx[p]
+            ok = bool(pa[j] == target) if target is not None else bool(pa[j] != y[j])
+            row = {**_meta(ds.items[i] if ds.items else {}), "index": i, "label": classes[int(y[j])],
+                   "clean": classes[int(clean[i])], "adversarial": classes[int(pa[j])], "success": ok,
+                   **{k: float(v[j]) for k, v in m.items()}, "seconds": secs}
+            if p < s["audio"]:
+                row.update(_save_audio(ctx, jid, ids[p], x[j], adv[j], ds.sample_rate))
+            out.append((ids[p], p, row))
+        return out
+
+    _loop(ctx, job, jid, ids, s["batch_size"], compute)
+    return {"clean_accuracy": float((clean == ds.labels).float().mean())}
+
+
+# universal perturbations --------------------------------------------------------------------------------------
+def run_universal(ctx: Context, job: Job, jid: str) -> dict:
+    import numpy as np
+
+    from ..attacks import universal as U
+    from ..attacks.universal_eval import evaluate
+
+    s = job.settings
+    model, cfg = load_model(ctx, job.model)
+    length, sr = int(cfg["input_length"]), int(cfg.get("sample_rate", 16000))
+    classes = [str(c) for c in cfg.get("classes", range(cfg["num_classes"]))]
+    target = _class_index(s["target"], classes, job.name)
+    art = ctx.root / "artifacts" / jid
+    art.mkdir(parents=True, exist_ok=True)
+    summary = dict(ctx.store.job(jid)["summary"] or {})
+    if not (art / "v.npy").is_file():
+        craft = ctx.dataset(job.data, s["craft_split"], length, sr)
+        if s["per_class"]:
+            craft = craft.per_class(s["per_class"], s["seed"])
+        elif s["n_craft"] and s["n_craft"] < len(craft):
+            g = torch.Generator().manual_seed(s["seed"])
+            craft = craft.subset(torch.randperm(len(craft), generator=g)[:s["n_craft"]].sort().values)
+        fn = getattr(U, s["method"])
+        kw = dict(job.fn_params)
+        if _accepts(fn, "checkpoint"):
+            kw["checkpoint"] = str(art / "state")
+        if _accepts(fn, "progress"):
+            kw["progress"] = not ctx.quiet
+        if not ctx.quiet:
+            ctx.log(f"crafting {job.name} on {len(craft)} clips")
+        t0 = time.perf_counter()
+        v, history = fn(model, craft, targeted=target, seed=s["seed"], **kw)
+        wall = time.perf_counter() - t0
+        m_craft = evaluate(model, v, craft, targeted=target)
+        summary = {"iterations": len(history), "craft_seconds": round(wall, 2), "n_craft": len(craft),
+                   "craft_success_rate": m_craft["success_rate"], "craft_mean_snr": m_craft["mean_snr"],
+                   "v_l2": m_craft["v_l2"], "v_linf": m_craft["v_linf"], "v_wav": str((art / "v.wav").relative_to(ctx.root))}
+        if history and "c" in history[-1]:
+            summary["c_final"] = history[-1]["c"]
+        save(art / "v.wav", v, sr, subtype="FLOAT", warn_clipping=False)
+        np.save(art / "v.npy", v.numpy())        # last: its presence means crafting is complete
+        ctx.store.update_summary(jid, summary)
+    v = torch.from_numpy(np.load(art / "v.npy", allow_pickle=False))
+    test = ctx.dataset(job.data, s["split"], length, sr)
+    idx = _select(test, s)
+    targets = [(job.model, model, test, "")]
+    for other in job.extra_models:
+        om, ocfg = load_model(ctx, other)
+        if int(ocfg["input_length"]) != length:
+            raise ValueError(f"{job.name}: transfer model {other.name} takes {ocfg['input_length']} samples, v has {length}")
+        targets.append((other, om, ctx.dataset(job.data, s["split"], length, int(ocfg.get("sample_rate", sr))),
+                        f"{other.name}/"))
+    ids = [f"{prefix}{s['split']}-{i:05d}" for _, _, _, prefix in targets for i in idx]
+    n = len(idx)
+
+    def compute(b, pos):
+        out = []
+        by_target = {}
+        for p in pos:
+            by_target.setdefault(p // n, []).append(p)
+        for t, ps in by_target.items():
+            mdl_decl, mdl, ds, prefix = targets[t]
+            sel = [idx[p % n] for p in ps]
+            _, rows = evaluate(mdl, v, ds.subset(sel), targeted=target, rows=True)
+            for p, i, r in zip(ps, sel, rows):
+                row = {**_meta(ds.items[i] if ds.items else {}), "index": i, "on_model": mdl_decl.name,
+                       "label": classes[r["label"]], "clean": classes[r["clean"]],
+                       "adversarial": classes[r["perturbed"]], "success": r["success"], "snr_db": r["snr"],
+                       "db_x": r["db_x"]}
+                if t == 0 and p < s["audio"]:
+                    x = ds.waves[i]
+                    row.update(_save_audio(ctx, jid, ids[p], x, U.apply(v, x[None])[0], sr))
+                out.append((ids[p], p, row))
+        return out
+
+    _loop(ctx, job, jid, ids, max(s["batch_size"], 100), compute)
+    return summary
+
+
+# certification -------------------------------------------------------------------------------------------------
+def run_certify(ctx: Context, job: Job, jid: str) -> dict:
+    from ..certify.smoothing import Smooth
+
+    s, p = job.settings, job.fn_params
+    model, cfg = load_model(ctx, job.model)
+    ds = ctx.dataset(job.data, s["split"], int(cfg["input_length"]), int(cfg.get("sample_rate", 16000)))
+    classes = [str(c) for c in cfg.get("classes", ds.classes)]
+    idx = _select(ds, s)
+    init = {k: p[k] for k in inspect.signature(Smooth.__init__).parameters if k in p}
+    smooth = Smooth(model, len(classes), **init)
+    cert = {k: p[k] for k in inspect.signature(Smooth.certify).parameters if k in p}
+    ids = [f"{s['split']}-{i:05d}" for i in idx]
+
+    def compute(b, pos):
+        out = []
+        for q in pos:
+            i = idx[q]
+            t0 = time.perf_counter()
+            pred, rad = smooth.certify(ds.waves[i], seed=s["seed"] + i, **cert)
+            label = int(ds.labels[i])
+            abstain = pred == Smooth.ABSTAIN
+            out.append((ids[q], q, {**_meta(ds.items[i] if ds.items else {}), "index": i, "label": classes[label],
+                                    "prediction": None if abstain else classes[pred], "radius": float(rad),
+                                    "correct": (not abstain) and pred == label, "abstain": bool(abstain),
+                                    "seconds": time.perf_counter() - t0}))
+        return out
+
+    _loop(ctx, job, jid, ids, 1, compute)
+    return {"num_classes": len(classes)}
+
+
+# speech recognition --------------------------------------------------------------------------------------------
+def run_asr_attack(ctx: Context, job: Job, jid: str) -> dict:
+    from .. import attacks
+    from ..data.targets import open_targets, select
+
+    try:
+        from ..data.utterances import load_utterances, pad_batch
+    except ImportError:
+        from ..asr_train import load_utterances, pad_batch
+    try:
+        from ..asr_report import asr_report
+    except ImportError:
+        from ..attacks._ctc import asr_report
+
+    s = job.settings
+    model, _ = load_model(ctx, job.model, recogniser=True)
+    data = load_utterances(job.data, s["split"])
+    n = s["examples"] or 20
+    picked, originals, targets = select(model, data, n, s["seed"])
+    if s["target"]:
+        targets = [s["target"]] * len(picked)
+    elif s["target_set"] == "open":
+        targets = open_targets(originals, s["seed"])
+    elif s["target_set"] != "phrases":
+        raise ValueError(f"{job.name}: target_set must be 'phrases' or 'open', not {s['target_set']!r}")
+    for t in targets:
+        if not model.encode_text(t):
+            raise ValueError(f"{job.name}: target {t!r} has no character the recogniser knows")
+    order = sorted(range(len(picked)), key=lambda k: len(data.waves[picked[k]]))   # similar lengths batch well
+    ids = [f"{s['split']}-{picked[k]:05d}" for k in order]
+    base = getattr(attacks, ASR_ATTACKS[s["attack"]])
+    fn = attacks.sparse(base, s["sparsity"]) if s["sparsity"] else base
+    sr = int(getattr(model, "sample_rate", 16000))
+
+    def compute(b, pos):
+        ks = [order[p] for p in pos]
+        wav, lengths = pad_batch([data.waves[picked[k]] for k in ks])
+        tg, og = [targets[k] for k in ks], [originals[k] for k in ks]
+        torch.manual_seed(_seed_for(s["seed"], b))
+        info: dict = {}
+        kw = dict(job.fn_params)
+        if _accepts(base, "info"):
+            kw["info"] = info
+        t0 = time.perf_counter()
+        res = fn(model, wav, tg, lengths=lengths, **kw)
+        secs = (time.perf_counter() - t0) / len(ks)
+        adv, records = (res if isinstance(res, tuple) else (res, None))
+        if records is not None:
+            info = {key: [r.get(key) for r in records] for key in records[0]} if records else {}
+        rows = asr_report(model, wav, adv, tg, og, lengths, info)
+        out = []
+        for j, (p, k, row) in enumerate(zip(pos, ks, rows)):
+            n_s = int(lengths[j])
+            row = {**_meta(data.items[picked[k]] if data.items else {}), **row, "index": picked[k], "seconds": secs}
+            if p < s["audio"]:
+                row.update(_save_audio(ctx, jid, ids[p], wav[j, :n_s], adv[j, :n_s], sr))
+            out.append((ids[p], p, row))
+        return out
+
+    _loop(ctx, job, jid, ids, s["batch_size"], compute)
+    return {}
+
+
+RUNNERS = {"attack": run_attack, "universal": run_universal, "certify": run_certify, "asr-attack": run_asr_attack}

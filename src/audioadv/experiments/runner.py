@@ -1,0 +1,103 @@
+"""Run an experiment file into a run folder: validate everything first, then train and run each job, resuming
+whatever an earlier, interrupted run of the same file left in the store."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import jobs as J
+from . import spec as S
+from . import tables as T
+from .store import Store, job_id
+
+EXPERIMENT_COPY = "experiment.toml"
+
+
+def check_targets(exp: S.Experiment) -> None:
+    """A target class the model does not have is a mistake in the file: report it before any work."""
+    for job in exp.jobs:
+        target = job.settings.get("target")
+        if job.kind not in ("attack", "universal") or target in (False, None, "") or not job.model.checkpoint:
+            continue
+        cfg = json.loads((Path(job.model.checkpoint) / "config.json").read_text())
+        classes = [str(c) for c in cfg.get("classes", range(int(cfg.get("num_classes", 0))))]
+        ok = str(target) in classes or (isinstance(target, int) and not isinstance(target, bool)
+                                        and 0 <= target < len(classes))
+        if not ok:
+            line = f":{job.line}" if job.line else ""
+            raise S.SpecError(f"{exp.path}{line}: jobs[{job.index}]: target {target!r} is not a class of model "
+                              f"{job.model.name} ({', '.join(classes)})")
+
+
+def run(path, out=None, *, quiet: bool = False, log=print) -> Path:
+    """Run every job of the experiment file `path` into `out` (default runs/NAME); returns the run folder."""
+    exp = S.load(path)
+    check_targets(exp)
+    out = Path(out) if out else Path("runs") / exp.name
+    store = Store(out)
+    (out / EXPERIMENT_COPY).write_text(exp.text)
+    ctx = J.Context(out, store, quiet=quiet, log=log)
+    failed = []
+    try:
+        for models in exp.models.values():
+            for m in models:
+                if m.train is not None:
+                    J.load_model(ctx, m)
+        for k, job in enumerate(exp.jobs, 1):
+            jid = job_id(job.kind, job.settings)
+            old = store.start_job(jid, job.kind, job.name, job.settings, labels=job.display)
+            if old and old["status"] == "done":
+                if not quiet:
+                    log(f"[{k}/{len(exp.jobs)}] {job.name}: done earlier ({jid})")
+                continue
+            if quiet:
+                log(f"[{k}/{len(exp.jobs)}] {job.name} ({jid}) ...")
+            try:
+                summary = J.RUNNERS[job.kind](ctx, job, jid)
+            except (ValueError, FileNotFoundError) as exc:
+                store.finish_job(jid, {"error": str(exc)}, status="failed")
+                log(f"[{k}/{len(exp.jobs)}] {job.name}: failed: {exc}")
+                failed.append(job.name)
+                continue
+            record = store.job(jid)
+            metrics = T.summarize(job.kind, store.examples(jid), record)
+            store.finish_job(jid, {**(summary or {}), **metrics})
+            shown = ", ".join(f"{m} {T.fmt(m, v)}" for m, v in metrics.items() if v is not None)
+            log(f"[{k}/{len(exp.jobs)}] {job.name}: {shown}")
+    finally:
+        store.close()
+    if failed:
+        raise RuntimeError(f"{len(failed)} job(s) failed: {'; '.join(failed)} (see `audioadv table {out}`)")
+    return out
+
+
+def table_specs(run_dir: Path, store: Store, by: list[str] | None = None, name: str | None = None) -> list[dict]:
+    """The tables the run's experiment file declares (all, or the one titled `name`), else one per job kind."""
+    declared = []
+    copy = Path(run_dir) / EXPERIMENT_COPY
+    if copy.is_file() and not by:
+        declared = S.tomllib.loads(copy.read_text()).get("tables", [])
+    specs = declared or T.default_specs(store, by)
+    if name:
+        specs = [t for t in specs if name.lower() in t["title"].lower()]
+        if not specs:
+            raise ValueError(f"{run_dir}: no table titled like {name!r}")
+    return specs
+
+
+def tables_text(run_dir, fmt: str = "markdown", by: list[str] | None = None, name: str | None = None) -> str:
+    store = Store(run_dir, create=False)
+    try:
+        parts = []
+        for spec in table_specs(Path(run_dir), store, by, name):
+            header, rows = T.build(store, spec)
+            if fmt == "markdown":
+                parts.append(f"**{spec['title']}**\n\n" + T.render(header, rows, fmt)
+                             + (f"\n{spec['note']}\n" if spec.get("note") else ""))
+            elif fmt == "latex":
+                parts.append(T.render(header, rows, fmt, spec["title"]))
+            else:
+                parts.append(T.render(header, rows, fmt))
+        return "\n".join(parts)
+    finally:
+        store.close()

@@ -1,0 +1,236 @@
+"""`audioadv run / table / report`: resume after a kill, new jobs for changed settings, validation messages,
+tables in every format, and the HTML report in a real browser."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from audioadv.cli import main
+from audioadv.experiments import Store, load, tables_text
+from audioadv.experiments.spec import SpecError
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments" / "smoke.toml"
+VOLATILE = {"seconds", "time"}          # wall-clock fields: the only ones allowed to differ between runs
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "audioadv.cli", *args]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+
+
+def _rows(run_dir: Path) -> dict:
+    """{(job settings as JSON, example_id): fields without wall-clock times} of a run folder."""
+    db = sqlite3.connect(run_dir / "results.sqlite")
+    out = {}
+    for settings, eid, data in db.execute("SELECT j.settings, e.example_id, e.data FROM examples e "
+                                          "JOIN jobs j USING (job_id)"):
+        out[(settings, eid)] = {k: v for k, v in json.loads(data).items() if k not in VOLATILE}
+    db.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    proc = subprocess.run(_cli("run", str(SMOKE), "--out", str(out), "--quiet", "--threads", "1"),
+                          capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_smoke_killed_and_resumed_equals_uninterrupted(smoke_run, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cli("run", str(SMOKE), "--out", str(out), "--quiet", "--threads", "1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), start_new_session=True)
+    db_path = out / "results.sqlite"
+    deadline = time.time() + 400
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:   # kill once certification has committed examples
+        if db_path.exists():
+            try:
+                db = sqlite3.connect(db_path, timeout=1)
+                n = db.execute("SELECT count(*) FROM examples e JOIN jobs j USING (job_id) "
+                               "WHERE j.kind='certify'").fetchone()[0]
+                db.close()
+            except sqlite3.Error:
+                n = 0
+            if n >= 2:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_at = n
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed_at is not None, "the run ended before it could be killed"
+    partial = _rows(out)
+    full = _rows(smoke_run)
+    assert len(partial) < len(full)
+    assert {k: v for k, v in full.items() if k in partial} == partial        # what was committed is final
+    again = subprocess.run(_cli("run", str(SMOKE), "--out", str(out), "--quiet"), capture_output=True, text=True,
+                           env=_env(), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = _rows(out)
+    assert resumed.keys() == full.keys()                                      # nothing lost, nothing twice
+    assert resumed == full                                                    # the same numbers
+    store = Store(out, create=False)
+    assert {j["status"] for j in store.jobs()} == {"done"}
+    store.close()
+
+
+def test_changed_parameter_is_a_new_job_and_unchanged_resumes(smoke_run, tmp_path):
+    text = SMOKE.read_text().replace("max_iter = 10", "max_iter = 11")
+    changed = tmp_path / "changed.toml"
+    changed.write_text(text)
+    before = {j["job_id"]: j for j in Store(smoke_run, create=False).jobs()}
+    exp_old, exp_new = load(SMOKE), load(changed)
+    from audioadv.experiments.store import job_id
+    ids_old = {job_id(j.kind, j.settings) for j in exp_old.jobs}
+    ids_new = {job_id(j.kind, j.settings) for j in exp_new.jobs}
+    assert ids_old <= set(before)
+    assert len(ids_new - ids_old) == 1                    # the universal job, and only it, is new
+    new = (ids_new - ids_old).pop()
+    assert [j.settings["max_iter"] for j in exp_new.jobs if job_id(j.kind, j.settings) == new] == [11]
+    # an unchanged file finds every job done: nothing is recomputed
+    proc = subprocess.run(_cli("run", str(SMOKE), "--out", str(smoke_run)), capture_output=True, text=True,
+                          env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("done earlier") == len(exp_old.jobs)
+
+
+def test_resolved_settings_hold_library_defaults():
+    import inspect
+
+    from audioadv.attacks import pgd
+    exp = load(SMOKE)
+    job = next(j for j in exp.jobs if j.settings.get("attack") == "pgd")
+    for name, p in inspect.signature(pgd).parameters.items():
+        if p.kind is p.KEYWORD_ONLY and name not in ("targeted", "seed") and isinstance(p.default, (int, float, str)):
+            assert job.settings[name] == p.default, name
+
+
+BASE = """
+name = "v"
+[data.synth]
+spec = "synth-commands?per_word=2"
+[models.m]
+train = { arch = "logmel-cnn", data = "synth", epochs = 1 }
+"""
+
+
+@pytest.mark.parametrize("jobs, message", [
+    ('[[jobs]]\nkind = "atack"\nmodel = "m"', r"v.toml:8: jobs\[0\]: unknown job kind 'atack'; did you mean 'attack'\?"),
+    ('[[jobs]]\nkind = "attack"\nmodel = "m"\nattack = "pgdd"', r"v.toml:10: jobs\[0\]: unknown attack 'pgdd'; did you mean 'pgd'\?"),
+    ('[[jobs]]\nkind = "attack"\nmodel = "m"\nattack = "pgd"\nsetps = 3',
+     r"v.toml:11: jobs\[0\]: unknown parameter 'setps' for attack pgd; did you mean 'steps'\?"),
+    ('[[jobs]]\nkind = "attack"\nmodel = "m"\nattack = "pgd"\nsteps = "ten"', r"v.toml:11: jobs\[0\]: steps must be an integer \(the default is \d+\), got 'ten'"),
+    ('[[jobs]]\nkind = "attack"\nmodel = "mm"\nattack = "pgd"', r"jobs\[0\]: unknown model 'mm'; did you mean 'm'\?"),
+    ('[[jobs]]\nkind = "universal"\nmodel = "m"\nmethod = "penalti"', r"unknown method 'penalti'; did you mean 'penalty'\?"),
+])
+def test_validation_messages(tmp_path, capsys, jobs, message):
+    import re
+    path = tmp_path / "v.toml"
+    path.write_text(BASE + jobs + "\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()          # nothing ran
+
+
+def test_validation_of_paths_and_targets(tmp_path, capsys):
+    from audioadv import models
+    from audioadv.models import save_checkpoint
+    ck = tmp_path / "ck"
+    net = models.create("cnn1d-rand", num_classes=3, input_length=1600)
+    save_checkpoint(net, ck, {"classes": ["a", "b", "c"]})
+    cases = [
+        ('[data.f]\nspec = "fsdd:/no/such/folder"\n', r"data.f: /no/such/folder does not exist"),
+        ('[data.f]\nspec = "synth-commands"\n[models.x]\ncheckpoint = "/no/such/ckpt"\n',
+         r"models.x: checkpoint folder /no/such/ckpt not found"),
+        (f'[data.f]\nspec = "synth-commands"\n[models.x]\ncheckpoint = "{ck}"\n[[jobs]]\nkind = "universal"\n'
+         f'model = "x"\ndata = "f"\ntarget = "zz"\n', r"target 'zz' is not a class of model x \(a, b, c\)"),
+        ('[data.f]\nspec = "nosuchloader:x"\n', r"unknown dataset loader 'nosuchloader'"),
+        ('name = "x"\nsed = 1\n', r"unknown top-level key 'sed'; did you mean 'seed'\?"),
+    ]
+    for text, message in cases:
+        path = tmp_path / "p.toml"
+        path.write_text(text)
+        assert main(["run", str(path), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        import re
+        assert re.search(message, err), (message, err)
+        assert "Traceback" not in err
+
+
+def test_grid_expands_to_cartesian_product(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(BASE + '[[jobs]]\nkind = "attack"\nmodel = "m"\nattack = ["pgd", "ddn"]\nexamples = [2, 3]\n')
+    exp = load(path)
+    assert sorted((j.settings["attack"], j.settings["examples"]) for j in exp.jobs) == \
+        [("ddn", 2), ("ddn", 3), ("pgd", 2), ("pgd", 3)]
+    with pytest.raises(SpecError, match="not found"):
+        load(tmp_path / "missing.toml")
+
+
+def test_tables_round_trip_through_csv(smoke_run):
+    md = tables_text(smoke_run, "markdown")
+    body = tables_text(smoke_run, "csv")
+    tables = [list(csv.reader(io.StringIO(block))) for block in body.strip().split("\n\n")]
+    md_tables = [[[c.strip() for c in line.strip().strip("|").split("|")] for line in block.splitlines()
+                  if line.startswith("|") and not line.startswith("|---")]
+                 for block in md.split("**")[2::2]]
+    assert tables == md_tables
+    assert tables[0][0] == ["attack", "n", "success_rate", "snr_db", "l2"]
+    assert [r[0] for r in tables[0][1:]] == ["pgd", "ddn"]
+    assert all(r[1] == "8" for r in tables[0][1:])
+    latex = tables_text(smoke_run, "latex")
+    assert latex.count("\\begin{tabular}") == len(tables)
+    by = list(csv.reader(io.StringIO(tables_text(smoke_run, "csv", by=["attack"]).split("\n\n")[1])))
+    assert by[0][0] == "attack"
+
+
+def test_store_is_strict_json_and_audio_named_by_ids(smoke_run):
+    db = sqlite3.connect(smoke_run / "results.sqlite")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    for (data,) in db.execute("SELECT data FROM examples"):
+        json.loads(data, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    for (settings, summary) in db.execute("SELECT settings, summary FROM jobs"):
+        json.loads(settings, parse_constant=lambda c: pytest.fail(c))
+        json.loads(summary, parse_constant=lambda c: pytest.fail(c))
+    import re
+    wavs = list((smoke_run / "audio").rglob("*.wav"))
+    assert wavs
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", p.stem) and p.resolve().is_relative_to(smoke_run.resolve())
+               for p in wavs)
+    words = {"yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"}
+    assert not any(w in p.stem.split("-") for p in wavs for w in words)   # never a label in a file name
+
+
+def test_report_in_a_real_browser(smoke_run, tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from browser import chromium, probe
+    binary = chromium()
+    if binary is None:
+        pytest.skip("Debian's chromium is not installed and could not be installed with apt-get")
+    assert main(["report", str(smoke_run)]) == 0
+    page = smoke_run / "report.html"
+    shot = tmp_path / "report.png"
+    result = probe(page, shot, binary)
+    assert len(result["audio"]) >= 2 * 3 + 1                   # two attack jobs with players, and v
+    assert all(d > 0 for d in result["audio"]), result["audio"]  # every player's file exists and decodes
+    assert result["images"] and all(w > 0 for w in result["images"]), result["images"]
+    assert all(u.startswith("file:") for u in result["resources"] + result["sources"]), result
+    assert shot.is_file() and shot.stat().st_size > 10_000
