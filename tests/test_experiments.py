@@ -234,3 +234,12 @@ def test_report_in_a_real_browser(smoke_run, tmp_path):
     assert result["images"] and all(w > 0 for w in result["images"]), result["images"]
     assert all(u.startswith("file:") for u in result["resources"] + result["sources"]), result
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_ray_gives_the_same_rows_as_one_process(smoke_run, tmp_path):
+    pytest.importorskip("ray", reason="the distributed extra (Ray) is not installed")
+    out = tmp_path / "ray"
+    proc = subprocess.run(_cli("run", str(SMOKE), "--out", str(out), "--quiet", "--ray", "--workers", "2"),
+                          capture_output=True, text=True, env=_env(), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _rows(out) == _rows(smoke_run)

@@ -15,6 +15,10 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
     p.add_argument("--report", action="store_true", help="write RUN_DIR/report.html at the end")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="shard examples over Ray actors: a local Ray without ADDRESS, else the cluster at ADDRESS "
+                        "(needs the distributed extra)")
+    p.add_argument("--workers", type=int, help="Ray actors (default: one per CPU, at most 8)")
     p.set_defaults(func=run_experiment)
 
     t = sub.add_parser("table", help="tables of a run folder's results (Markdown, CSV or LaTeX)",
@@ -45,7 +49,7 @@ def run_experiment(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        out = run(args.experiment, args.out, quiet=args.quiet)
+        out = run(args.experiment, args.out, quiet=args.quiet, ray=args.ray, workers=args.workers)
     except SpecError as exc:
         print(f"audioadv run: {exc}", file=sys.stderr)
         return 2

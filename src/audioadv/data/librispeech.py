@@ -87,9 +87,21 @@ def scan_librispeech(root) -> list[dict]:
     return rows
 
 
-def load_librispeech(root, split: str = "train", *, input_length: int | None = 48000, sample_rate: int = 16000,
-                     train_fraction: float = 0.7, align: str = "center") -> AudioDataset:
-    """Load one split of a LibriSpeech folder (layouts and split rule in the module docstring)."""
+def load_librispeech(root, split: str = "train", *, input_length: int | None = None, sample_rate: int = 16000,
+                     train_fraction: float = 0.7, align: str = "center", segment: int | None = None) -> AudioDataset:
+    """Load one split of a LibriSpeech folder (layouts and split rule in the module docstring).
+
+    input_length defaults to 48000 samples (3 s). segment=N instead cuts every utterance into non-overlapping
+    N-sample segments (the last partial one dropped; an utterance shorter than N gives one zero-padded segment),
+    each an example with its source path and start sample, as speaker-identification studies do."""
+    if segment is not None:
+        segment = int(segment)
+        if input_length is not None and int(input_length) != segment:
+            raise ValueError(f"LibriSpeech: segment={segment} but input_length={input_length}; they must agree")
+        return _segments(load_librispeech(root, split, input_length=None, sample_rate=sample_rate,
+                                          train_fraction=train_fraction, align="start"), segment)
+    if input_length is None and align == "center":
+        input_length = 48000
     from ..io import load
     from tqdm import tqdm
 
@@ -133,6 +145,19 @@ def load_librispeech(root, split: str = "train", *, input_length: int | None = 4
     index = {s: i for i, s in enumerate(speakers)}
     labels = torch.tensor([index[r["speaker"]] for r in chosen])
     return AudioDataset(waves, labels, speakers, sample_rate, chosen, name=f"librispeech-{split}")
+
+
+def _segments(ds: AudioDataset, length: int) -> AudioDataset:
+    waves, labels, items = [], [], []
+    for i, item in enumerate(ds.items):
+        wav = ds.waves[i, :item["num_samples"]]
+        for start in range(0, max(1, len(wav) - length + 1), length):
+            seg = wav[start:start + length]
+            waves.append(torch.nn.functional.pad(seg, (0, length - len(seg))))
+            labels.append(int(ds.labels[i]))
+            items.append({**item, "start": start, "num_samples": len(seg)})
+    return AudioDataset(torch.stack(waves), torch.tensor(labels), ds.classes, ds.sample_rate, items,
+                        name=f"{ds.name}-segments")
 
 
 __all__ = ["load_librispeech", "scan_librispeech"]

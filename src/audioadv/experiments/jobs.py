@@ -10,7 +10,9 @@ from __future__ import annotations
 import inspect
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -25,8 +27,8 @@ SAFE = re.compile(r"[^A-Za-z0-9_-]")
 class Context:
     """What the jobs of one run share: its folder, store, loaded models and data, progress settings."""
 
-    def __init__(self, run_dir, store: Store, *, quiet: bool = False, log=print):
-        self.root, self.store, self.quiet, self.log = Path(run_dir), store, quiet, log
+    def __init__(self, run_dir, store: Store, *, quiet: bool = False, log=print, ray=None):
+        self.root, self.store, self.quiet, self.log, self.ray = Path(run_dir), store, quiet, log, ray
         self._models, self._data = {}, {}
 
     def bar(self, total: int, done: int, desc: str):
@@ -97,15 +99,15 @@ def run_train(ctx: Context, model: Model):
     s = dict(model.train)
     settings = {k: v for k, v in s.items() if k != "data_name"}
     jid = job_id("train", settings)
-    folder = ctx.root / "models" / jid
+    folder = ctx.root / "models" / SAFE.sub("_", model.name)      # e.g. RUN_DIR/models/classifier
     old = ctx.store.job(jid)
     if old and old["status"] == "done" and (folder / "model.safetensors").is_file():
         m, cfg = load_checkpoint(folder, frozen=True)
-        return m, cfg
+        if cfg.get("train_job") == jid:
+            return m, cfg
     ctx.store.start_job(jid, "train", f"train {model.name}", settings,
                         labels={"model": model.name, "arch": s["arch"], "data": s["data_name"], "epochs": s["epochs"]})
-    if not ctx.quiet:
-        ctx.log(f"training {model.name} ({s['arch']} on {s['data_name']}, {s['epochs']} epochs)")
+    ctx.log(f"training {model.name} ({s['arch']} on {s['data_name']}, {s['epochs']} epochs)")
     train = ctx.dataset(s["data"], "train")
     try:
         val = ctx.dataset(s["data"], s["val_split"]) if s["val_split"] else None
@@ -115,11 +117,12 @@ def run_train(ctx: Context, model: Model):
         train, val = split_validation(train, 0.1, s["seed"])
     torch.manual_seed(s["seed"])
     net = zoo.create(s["arch"], num_classes=train.num_classes, input_length=train.input_length,
-                     sample_rate=train.sample_rate)
+                     sample_rate=train.sample_rate, **s["hparams"])
     cfg = TrainConfig(**{k: s[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "seed", "noise_sigma",
                                            "noise_at", "gain_db", "shift_ms")})
     t0 = time.time()
-    summary = fit(net, train, val, cfg, out_dir=folder, config={"data": s["data"]}, progress=not ctx.quiet,
+    summary = fit(net, train, val, cfg, out_dir=folder, config={"data": s["data"], "train_job": jid},
+                  progress=not ctx.quiet,
                   log=(lambda m: None) if ctx.quiet else (lambda m: ctx.log("    " + m)))
     net, config = load_checkpoint(folder, frozen=True)
     test = ctx.dataset(s["data"], "test", int(config["input_length"]), int(config.get("sample_rate", 16000)))
@@ -170,24 +173,38 @@ def _select(ds, s: dict, preds: torch.Tensor | None = None) -> list[int]:
     return idx
 
 
-def _loop(ctx: Context, job: Job, jid: str, ids: list[str], batch_size: int, compute) -> None:
-    """Run compute(batch_index, positions) -> rows over the batches not yet in the store."""
+@dataclass
+class Plan:
+    """A job's examples (ids in a fixed order), its batch size, and compute(batch_index, positions) -> rows
+    [(example_id, position, fields)], which depends on nothing but the job and the batch."""
+    ids: list
+    batch_size: int
+    compute: Callable
+    summary: dict
+
+    def pending(self, done: set) -> list[tuple[int, list[int]]]:
+        out = []
+        for b, start in enumerate(range(0, len(self.ids), self.batch_size)):
+            pos = list(range(start, min(start + self.batch_size, len(self.ids))))
+            if not all(self.ids[p] in done for p in pos):
+                out.append((b, pos))
+        return out
+
+
+def _loop(ctx: Context, job: Job, jid: str, plan: Plan) -> None:
     done = ctx.store.done_ids(jid)
-    bar = ctx.bar(len(ids), len(done & set(ids)), job.name)
+    bar = ctx.bar(len(plan.ids), len(done & set(plan.ids)), job.name)
     try:
-        for b, start in enumerate(range(0, len(ids), batch_size)):
-            pos = list(range(start, min(start + batch_size, len(ids))))
-            if all(ids[p] in done for p in pos):
-                continue
-            rows = compute(b, pos)
-            ctx.store.add_examples(jid, [r for r in rows if r[0] not in done])
-            bar.update(sum(r[0] not in done for r in rows))
+        for b, pos in plan.pending(done):
+            rows = [r for r in plan.compute(b, pos) if r[0] not in done]
+            ctx.store.add_examples(jid, rows)
+            bar.update(len(rows))
     finally:
         bar.close()
 
 
 # classifier attacks -------------------------------------------------------------------------------------------
-def run_attack(ctx: Context, job: Job, jid: str) -> dict:
+def plan_attack(ctx: Context, job: Job, jid: str) -> Plan:
     from .. import attacks
     from ..train import predict
 
@@ -231,12 +248,11 @@ def run_attack(ctx: Context, job: Job, jid: str) -> dict:
             out.append((ids[p], p, row))
         return out
 
-    _loop(ctx, job, jid, ids, s["batch_size"], compute)
-    return {"clean_accuracy": float((clean == ds.labels).float().mean())}
+    return Plan(ids, s["batch_size"], compute, {"clean_accuracy": float((clean == ds.labels).float().mean())})
 
 
 # universal perturbations --------------------------------------------------------------------------------------
-def run_universal(ctx: Context, job: Job, jid: str) -> dict:
+def plan_universal(ctx: Context, job: Job, jid: str) -> Plan:
     import numpy as np
 
     from ..attacks import universal as U
@@ -263,8 +279,7 @@ def run_universal(ctx: Context, job: Job, jid: str) -> dict:
             kw["checkpoint"] = str(art / "state")
         if _accepts(fn, "progress"):
             kw["progress"] = not ctx.quiet
-        if not ctx.quiet:
-            ctx.log(f"crafting {job.name} on {len(craft)} clips")
+        ctx.log(f"crafting {job.name} on {len(craft)} clips")
         t0 = time.perf_counter()
         v, history = fn(model, craft, targeted=target, seed=s["seed"], **kw)
         wall = time.perf_counter() - t0
@@ -310,12 +325,11 @@ def run_universal(ctx: Context, job: Job, jid: str) -> dict:
                 out.append((ids[p], p, row))
         return out
 
-    _loop(ctx, job, jid, ids, max(s["batch_size"], 100), compute)
-    return summary
+    return Plan(ids, max(s["batch_size"], 100), compute, summary)
 
 
 # certification -------------------------------------------------------------------------------------------------
-def run_certify(ctx: Context, job: Job, jid: str) -> dict:
+def plan_certify(ctx: Context, job: Job, jid: str) -> Plan:
     from ..certify.smoothing import Smooth
 
     s, p = job.settings, job.fn_params
@@ -342,12 +356,11 @@ def run_certify(ctx: Context, job: Job, jid: str) -> dict:
                                     "seconds": time.perf_counter() - t0}))
         return out
 
-    _loop(ctx, job, jid, ids, 1, compute)
-    return {"num_classes": len(classes)}
+    return Plan(ids, 1, compute, {"num_classes": len(classes)})
 
 
 # speech recognition --------------------------------------------------------------------------------------------
-def run_asr_attack(ctx: Context, job: Job, jid: str) -> dict:
+def plan_asr_attack(ctx: Context, job: Job, jid: str) -> Plan:
     from .. import attacks
     from ..data.targets import open_targets, select
 
@@ -405,8 +418,17 @@ def run_asr_attack(ctx: Context, job: Job, jid: str) -> dict:
             out.append((ids[p], p, row))
         return out
 
-    _loop(ctx, job, jid, ids, s["batch_size"], compute)
-    return {}
+    return Plan(ids, s["batch_size"], compute, {})
 
 
-RUNNERS = {"attack": run_attack, "universal": run_universal, "certify": run_certify, "asr-attack": run_asr_attack}
+PLANS = {"attack": plan_attack, "universal": plan_universal, "certify": plan_certify, "asr-attack": plan_asr_attack}
+
+
+def execute(ctx: Context, job: Job, jid: str) -> dict:
+    """Run a job's batches that are not in the store yet (locally, or on Ray workers); returns its summary."""
+    plan = PLANS[job.kind](ctx, job, jid)
+    if ctx.ray is not None:
+        ctx.ray.run(ctx, job, jid, plan)
+    else:
+        _loop(ctx, job, jid, plan)
+    return plan.summary

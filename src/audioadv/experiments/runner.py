@@ -10,7 +10,8 @@ from . import spec as S
 from . import tables as T
 from .store import Store, job_id
 
-EXPERIMENT_COPY = "experiment.toml"
+EXPERIMENT_COPY = "experiment.toml"      # the file of the run's last `audioadv run`, and where it came from
+EXPERIMENT_SOURCE = "experiment.source"
 
 
 def check_targets(exp: S.Experiment) -> None:
@@ -29,14 +30,23 @@ def check_targets(exp: S.Experiment) -> None:
                               f"{job.model.name} ({', '.join(classes)})")
 
 
-def run(path, out=None, *, quiet: bool = False, log=print) -> Path:
-    """Run every job of the experiment file `path` into `out` (default runs/NAME); returns the run folder."""
+def run(path, out=None, *, quiet: bool = False, log=print, ray: str | None = None, workers: int | None = None) -> Path:
+    """Run every job of the experiment file `path` into `out` (default runs/NAME); returns the run folder.
+
+    ray: None runs in this process; "local" starts a local Ray and shards examples over its actors; any other
+    value is the address of a running Ray cluster. workers: Ray actors (default one per CPU, at most 8)."""
     exp = S.load(path)
     check_targets(exp)
     out = Path(out) if out else Path("runs") / exp.name
     store = Store(out)
     (out / EXPERIMENT_COPY).write_text(exp.text)
-    ctx = J.Context(out, store, quiet=quiet, log=log)
+    (out / EXPERIMENT_SOURCE).write_text(str(path) + "\n")
+    executor = None
+    if ray is not None:
+        from .distributed import RayExecutor
+        executor = RayExecutor(None if ray == "local" else ray, workers=workers)
+    ctx = J.Context(out, store, quiet=quiet, log=log, ray=executor)
+    ctx.experiment = Path(path)
     failed = []
     try:
         for models in exp.models.values():
@@ -53,7 +63,7 @@ def run(path, out=None, *, quiet: bool = False, log=print) -> Path:
             if quiet:
                 log(f"[{k}/{len(exp.jobs)}] {job.name} ({jid}) ...")
             try:
-                summary = J.RUNNERS[job.kind](ctx, job, jid)
+                summary = J.execute(ctx, job, jid)
             except (ValueError, FileNotFoundError) as exc:
                 store.finish_job(jid, {"error": str(exc)}, status="failed")
                 log(f"[{k}/{len(exp.jobs)}] {job.name}: failed: {exc}")
@@ -64,11 +74,20 @@ def run(path, out=None, *, quiet: bool = False, log=print) -> Path:
             store.finish_job(jid, {**(summary or {}), **metrics})
             shown = ", ".join(f"{m} {T.fmt(m, v)}" for m, v in metrics.items() if v is not None)
             log(f"[{k}/{len(exp.jobs)}] {job.name}: {shown}")
+        _write_summary(out, store)
     finally:
         store.close()
     if failed:
         raise RuntimeError(f"{len(failed)} job(s) failed: {'; '.join(failed)} (see `audioadv table {out}`)")
     return out
+
+
+def _write_summary(out: Path, store: Store) -> None:
+    """RUN_DIR/summary.json: every job's name, kind, status and metrics, for scripts that want no SQL."""
+    from ..results import dumps
+    jobs = [{"job_id": j["job_id"], "name": j["name"], "kind": j["kind"], "status": j["status"],
+             "labels": j["labels"], "summary": j["summary"]} for j in store.jobs()]
+    (out / "summary.json").write_text(dumps({"run_dir": str(out), "jobs": jobs}, indent=1) + "\n")
 
 
 def table_specs(run_dir: Path, store: Store, by: list[str] | None = None, name: str | None = None) -> list[dict]:
@@ -87,13 +106,16 @@ def table_specs(run_dir: Path, store: Store, by: list[str] | None = None, name: 
 
 def tables_text(run_dir, fmt: str = "markdown", by: list[str] | None = None, name: str | None = None) -> str:
     store = Store(run_dir, create=False)
+    src = Path(run_dir) / EXPERIMENT_SOURCE
+    source = (f"\nFrom `{src.read_text().strip()}`: `audioadv run {src.read_text().strip()} --out {run_dir}`, then "
+              f"`audioadv table {run_dir}`.\n" if src.is_file() else "")
     try:
         parts = []
         for spec in table_specs(Path(run_dir), store, by, name):
             header, rows = T.build(store, spec)
             if fmt == "markdown":
                 parts.append(f"**{spec['title']}**\n\n" + T.render(header, rows, fmt)
-                             + (f"\n{spec['note']}\n" if spec.get("note") else ""))
+                             + (f"\n{spec['note']}\n" if spec.get("note") else "") + source)
             elif fmt == "latex":
                 parts.append(T.render(header, rows, fmt, spec["title"]))
             else:

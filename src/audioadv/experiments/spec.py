@@ -47,7 +47,7 @@ HIDDEN = {"model", "inputs", "labels", "data", "targeted", "lengths", "info", "p
 TRAIN_KEYS = {"arch": (str, None), "data": (str, None), "epochs": (int, 15), "batch_size": (int, 32),
               "lr": (float, 1e-3), "weight_decay": (float, 1e-4), "noise_sigma": (float, 0.0),
               "noise_at": (str, "waveform"), "gain_db": (float, 6.0), "shift_ms": (float, 100.0), "seed": (int, None),
-              "val_split": (str, "val")}
+              "val_split": (str, "val"), "hparams": (dict, {})}
 CLASSIFIER_ATTACKS = ("fgsm", "pgd", "pgd_linf", "pgd_l2", "ddn", "deepfool", "cw_l2")
 ASR_ATTACKS = {"cw": "cw_ctc", "cw_ctc": "cw_ctc", "ipc": "ipc", "imperceptible": "imperceptible"}
 

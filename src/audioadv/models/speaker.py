@@ -146,6 +146,7 @@ class _Partials(nn.Module):
 class ResemblyzerSpeaker(AudioClassifier):
     """`resemblyzer-speaker`: waveforms (B, T) at 16 kHz -> speaker logits, GE2E embedding + linear head.
 
+    `train_encoder=False` keeps the pretrained encoder fixed, so training fits the linear head alone.
     `embed(wav)` gives resemblyzer's utterance embedding of fixed-length clips, `embed_utterance`
     that of one clip of any length; `forward` the head's logits. `pretrained=True` loads
     resemblyzer's `pretrained.pt`; checkpoints carry the encoder weights, so they are rebuilt with
@@ -155,11 +156,12 @@ class ResemblyzerSpeaker(AudioClassifier):
     arch = "resemblyzer-speaker"
 
     def __init__(self, num_classes: int, input_length: int = 25000, sample_rate: int = SAMPLE_RATE, *,
-                 pretrained: bool = True, normalize_volume: bool = True, weights: str | None = None):
+                 pretrained: bool = True, normalize_volume: bool = True, weights: str | None = None,
+                 train_encoder: bool = True):
         super().__init__(num_classes, input_length, sample_rate)
         if sample_rate != SAMPLE_RATE:
             raise ValueError(f"resemblyzer-speaker works on {SAMPLE_RATE} Hz audio, not {sample_rate} Hz")
-        self.hparams = {"pretrained": False, "normalize_volume": normalize_volume}
+        self.hparams = {"pretrained": False, "normalize_volume": normalize_volume, "train_encoder": train_encoder}
         self.slices = partial_slices(input_length)
         encoder = GE2EEncoder()
         if pretrained:
@@ -169,6 +171,8 @@ class ResemblyzerSpeaker(AudioClassifier):
                               Spectrogram(n_fft=N_FFT, win_length=N_FFT, hop_length=HOP, power=1.0, center=False))
         self._set_stages([("waveform", front), ("spectrogram", MelEnergies()),
                           ("fbank", nn.Sequential(_Partials(encoder, self.slices), nn.Linear(HIDDEN, num_classes)))])
+        if not train_encoder:         # train only the linear head on the pretrained embeddings
+            self.freeze_encoder()
 
     @property
     def encoder(self) -> GE2EEncoder:
