@@ -205,7 +205,7 @@ def _loop(ctx: Context, job: Job, jid: str, plan: Plan) -> None:
 
 # classifier attacks -------------------------------------------------------------------------------------------
 def plan_attack(ctx: Context, job: Job, jid: str) -> Plan:
-    from .. import attacks
+    from .. import peers
     from ..train import predict
 
     s = job.settings
@@ -218,7 +218,7 @@ def plan_attack(ctx: Context, job: Job, jid: str) -> Plan:
     idx = _select(ds, s, clean if s["only_correct"] else None)
     if target is not None:
         idx = [i for i in idx if int(ds.labels[i]) != target]
-    fn = getattr(attacks, s["attack"])
+    fn = peers.get(s["library"], s["attack"])
     ids = [f"{s['split']}-{i:05d}" for i in idx]
 
     def compute(b, pos):
@@ -255,6 +255,7 @@ def plan_attack(ctx: Context, job: Job, jid: str) -> Plan:
 def plan_universal(ctx: Context, job: Job, jid: str) -> Plan:
     import numpy as np
 
+    from .. import peers
     from ..attacks import universal as U
     from ..attacks.universal_eval import evaluate
 
@@ -273,7 +274,7 @@ def plan_universal(ctx: Context, job: Job, jid: str) -> Plan:
         elif s["n_craft"] and s["n_craft"] < len(craft):
             g = torch.Generator().manual_seed(s["seed"])
             craft = craft.subset(torch.randperm(len(craft), generator=g)[:s["n_craft"]].sort().values)
-        fn = getattr(U, s["method"])
+        fn = peers.get(s["library"], s["method"])
         kw = dict(job.fn_params)
         if _accepts(fn, "checkpoint"):
             kw["checkpoint"] = str(art / "state")

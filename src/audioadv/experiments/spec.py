@@ -33,8 +33,9 @@ COMMON = {"kind": (str, None), "model": ((str, list), None), "data": ((str, list
           "examples": (int, 0), "per_class": (int, 0), "seed": (int, None), "batch_size": (int, 32),
           "audio": (int, 4), "name": (str, "")}
 RUNNER_KEYS = {
-    "attack": {"attack": (str, None), "target": ((int, str, bool), False), "only_correct": (bool, True)},
-    "universal": {"method": (str, "penalty"), "target": ((int, str, bool), False), "n_craft": (int, 1000),
+    "attack": {"attack": (str, None), "library": (str, "audioadv"), "target": ((int, str, bool), False),
+               "only_correct": (bool, True)},
+    "universal": {"method": (str, "penalty"), "library": (str, "audioadv"), "target": ((int, str, bool), False), "n_craft": (int, 1000),
                   "craft_split": (str, "train"), "transfer": (list, [])},
     "certify": {},
     "asr-attack": {"attack": (str, "cw"), "sparsity": ((int, float), 0.0), "target_set": (str, "phrases"),
@@ -49,6 +50,7 @@ TRAIN_KEYS = {"arch": (str, None), "data": (str, None), "epochs": (int, 15), "ba
               "noise_at": (str, "waveform"), "gain_db": (float, 6.0), "shift_ms": (float, 100.0), "seed": (int, None),
               "val_split": (str, "val"), "hparams": (dict, {})}
 CLASSIFIER_ATTACKS = ("fgsm", "pgd", "pgd_linf", "pgd_l2", "ddn", "deepfool", "cw_l2")
+from ..peers import LIBRARIES  # noqa: E402
 ASR_ATTACKS = {"cw": "cw_ctc", "cw_ctc": "cw_ctc", "ipc": "ipc", "imperceptible": "imperceptible"}
 
 
@@ -171,12 +173,9 @@ def _param_type(default):
 
 def library_functions(kind: str, job: dict) -> dict:
     """The library functions whose keyword parameters a job of this kind accepts (name -> function)."""
-    from .. import attacks
-    if kind == "attack":
-        return {"attack": getattr(attacks, job["attack"])}
-    if kind == "universal":
-        from ..attacks import universal
-        return {"method": getattr(universal, job["method"])}
+    from .. import attacks, peers
+    if kind in ("attack", "universal"):
+        return {"fn": peers.get(job["library"], job["attack" if kind == "attack" else "method"])}
     if kind == "asr-attack":
         return {"attack": getattr(attacks, ASR_ATTACKS[job["attack"]])}
     if kind == "certify":
@@ -357,8 +356,13 @@ def _expand_job(job: dict, index: int, data: dict, models: dict, ctx: _Ctx, seed
             raise err(f"unknown speech attack '{point['attack']}'" + _suggest(point["attack"], ASR_ATTACKS), "attack")
         if kind == "universal" and point.get("method", "penalty") not in _method_choices():
             raise err(f"unknown method '{point['method']}'" + _suggest(point["method"], _method_choices()), "method")
+        if kind in ("attack", "universal") and point.get("library", "audioadv") not in LIBRARIES:
+            raise err(f"unknown library '{point['library']}'" + _suggest(point["library"], LIBRARIES), "library")
         merged = {k: point.get(k, d) for k, (_, d) in runner.items()}
-        fns = library_functions(kind, merged)
+        try:
+            fns = library_functions(kind, merged)
+        except ValueError as exc:
+            raise err(str(exc), "library") from None
         params = {}
         for fn in fns.values():
             params.update(function_params(fn))

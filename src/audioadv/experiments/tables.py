@@ -94,6 +94,8 @@ def _key(job: dict, key: str, row: dict | None = None):
 def _job_matches(job: dict, spec: dict) -> bool:
     if spec.get("kind") and job["kind"] != spec["kind"]:
         return False
+    if job["kind"] == "train" and not spec.get("kind") and "kind" not in (spec.get("where") or {}):
+        return False            # a table of attacks or certificates is not about the training jobs
     for k, v in (spec.get("where") or {}).items():
         have = _key(job, k)
         if (have not in v) if isinstance(v, list) else (have != v):
@@ -125,7 +127,7 @@ def build(store, spec: dict) -> tuple[list[str], list[list[str]]]:
     cells = {key: [fmt(v, metric(v, rows, job)) for v in values] for key, (rows, job) in groups.items()}
     if col_key:
         header = [*row_keys, *(f"{col_key}={c}" for c in order_cols)]
-        body = [[_s(x) for x in rk] + [" / ".join(c for c in cells.get((rk, ck), []) if c) for ck in order_cols]
+        body = [[_s(x) for x in rk] + [" / ".join(c or "-" for c in cells.get((rk, ck), [])) for ck in order_cols]
                 for rk in order_rows]
     else:
         header = [*row_keys, *values]

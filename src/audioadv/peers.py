@@ -1,0 +1,170 @@
+"""The peers' implementations behind audioadv's own call, so that experiment files compare libraries on equal terms.
+
+An experiment job with `library = "foolbox"` or `library = "art"` runs the peer's attack through one of these
+wrappers: the same inputs (waveforms in [-1, 1]), the same labels, and the same keyword parameters with the same
+defaults as audioadv's function of that name (each wrapper takes its signature from it, so a default lives in
+one place), mapped onto the peer's arguments. Parameters the peer has no counterpart for must stay at their
+defaults. Needs the `bench` extra (adversarial-robustness-toolbox 1.20.1, foolbox 3.3.4).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import random
+
+import numpy as np
+import torch
+
+from . import attacks
+from .attacks import universal
+
+LIBRARIES = ("audioadv", "foolbox", "art")
+
+
+def _like(ours, drop: tuple = ()):
+    """Give a wrapper the signature (and so the defaults) of audioadv's function, less what the peer lacks."""
+    sig = inspect.signature(ours)
+    params = [p for name, p in sig.parameters.items() if name not in drop]
+
+    def deco(fn):
+        fn.__signature__ = sig.replace(parameters=params)
+        fn.__doc__ = (fn.__doc__ or "") + f"\n\nDefaults: those of audioadv's {ours.__module__}.{ours.__name__}."
+        fn.peer_of = ours
+        return fn
+    return deco
+
+
+def _bind(fn, kwargs: dict) -> dict:
+    """kwargs with every default of fn's signature filled in."""
+    out = {n: p.default for n, p in inspect.signature(fn).parameters.items()
+           if p.kind is p.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+    out.update(kwargs)
+    return out
+
+
+def _need(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ValueError(f"library {module!r} is not installed: pip install 'audioadv[bench]'") from None
+
+
+# foolbox ---------------------------------------------------------------------------------------------------------
+def _foolbox_run(model, inputs, labels, targeted: bool, attack):
+    fb = _need("foolbox")
+    x = inputs.detach()
+    fmodel = fb.PyTorchModel(model.eval(), bounds=(-1.0, 1.0), device=x.device)
+    criterion = fb.criteria.TargetedMisclassification(labels) if targeted else fb.criteria.Misclassification(labels)
+    _, clipped, _ = attack(fmodel, x, criterion, epsilons=None)
+    return clipped.detach()
+
+
+@_like(attacks.ddn, drop=("alpha", "alpha_min", "seed"))
+def foolbox_ddn(model, inputs, labels, *, targeted=False, steps=100, init_norm=1.0, gamma=0.05):
+    """foolbox's DDNAttack."""
+    fb = _need("foolbox")
+    return _foolbox_run(model, inputs, labels, targeted,
+                        fb.attacks.DDNAttack(init_epsilon=init_norm, steps=steps, gamma=gamma))
+
+
+@_like(attacks.deepfool)
+def foolbox_deepfool(model, inputs, labels, *, targeted=False, steps=50, overshoot=0.02, candidates=10):
+    """foolbox's L2DeepFoolAttack (untargeted only)."""
+    fb = _need("foolbox")
+    if targeted:
+        raise ValueError("foolbox's DeepFool is untargeted only")
+    return _foolbox_run(model, inputs, labels, False, fb.attacks.L2DeepFoolAttack(
+        steps=steps, candidates=candidates, overshoot=overshoot, loss="logits"))
+
+
+@_like(attacks.cw_l2, drop=("abort_warmup",))
+def foolbox_cw_l2(model, inputs, labels, *, targeted=False, c=1e-3, kappa=0.0, steps=1000, binary_search_steps=9,
+                  lr=0.01, abort_early=True):
+    """foolbox's L2CarliniWagnerAttack."""
+    fb = _need("foolbox")
+    return _foolbox_run(model, inputs, labels, targeted, fb.attacks.L2CarliniWagnerAttack(
+        binary_search_steps=binary_search_steps, steps=steps, stepsize=lr, confidence=kappa, initial_const=c,
+        abort_early=abort_early))
+
+
+# ART -------------------------------------------------------------------------------------------------------------
+def art_classifier(model, length: int, num_classes: int):
+    """ART's PyTorchClassifier around an audioadv classifier ((B, T) waveforms in [-1, 1] -> logits)."""
+    _need("art")
+    from art.estimators.classification import PyTorchClassifier
+    return PyTorchClassifier(model=model.eval(), loss=torch.nn.CrossEntropyLoss(), input_shape=(length,),
+                             nb_classes=num_classes, clip_values=(-1.0, 1.0), device_type="cpu")
+
+
+def _num_classes(model, x) -> int:
+    n = getattr(model, "num_classes", None)
+    if n:
+        return int(n)
+    with torch.no_grad():
+        return int(model(x[:1]).shape[1])
+
+
+@_like(attacks.pgd, drop=("restarts", "loss", "early_stop", "project"))
+def art_pgd(model, inputs, labels, *, targeted=False, eps=0.002, norm="linf", steps=40, alpha=None,
+            random_start=True, seed=0):
+    """ART's ProjectedGradientDescent (cross-entropy loss), with audioadv's step rule alpha = 2.5 eps / steps."""
+    _need("art")
+    from art.attacks.evasion import ProjectedGradientDescent
+    x = inputs.detach()
+    clf = art_classifier(model, x.shape[1], _num_classes(model, x))
+    step = 2.5 * eps / steps if alpha is None else alpha
+    if seed is not None:
+        np.random.seed(seed)
+    p = np.inf if str(norm).lower() in ("linf", "inf") else 2
+    atk = ProjectedGradientDescent(clf, norm=p, eps=eps, eps_step=step, max_iter=steps, targeted=targeted,
+                                   num_random_init=1 if random_start else 0, batch_size=len(x), verbose=False)
+    y = np.eye(clf.nb_classes, dtype=np.float32)[labels.numpy()]
+    return torch.from_numpy(atk.generate(x.numpy(), y=y)).to(x.dtype)
+
+
+@_like(universal.iterative, drop=("attack_kwargs", "batch_size", "aggregate", "eval_batch_size", "callback",
+                                  "key"))
+def art_universal(model, data, *, targeted=None, p=math.inf, xi=None, delta=0.1, max_passes=100, attack="ddn",
+                  seed=0, progress=True):
+    """ART's UniversalPerturbation (untargeted) or TargetedUniversalPerturbation, with its inner attacker
+    (`attack`: ART's names, e.g. "deepfool", "fgsm", "pgd"; "ddn" is not in ART and maps to "deepfool") and its
+    own default parameters; returns (v, history) like audioadv's methods."""
+    _need("art")
+    from art.attacks.evasion import TargetedUniversalPerturbation, UniversalPerturbation
+    waves, labels = universal.as_tensors(data)
+    clf = art_classifier(model, waves.shape[1], _num_classes(model, waves))
+    if xi is None:
+        xi = 0.12 if targeted is not None else 0.2
+    name = {"ddn": "deepfool"}.get(attack, attack)
+    random.seed(seed)
+    np.random.seed(seed)
+    norm = np.inf if math.isinf(p) else p
+    if targeted is None:
+        atk = UniversalPerturbation(clf, attacker=name, attacker_params={"verbose": progress}, delta=delta,
+                                    max_iter=max_passes, eps=xi, norm=norm, batch_size=len(waves), verbose=progress)
+        atk.generate(waves.numpy())
+    else:
+        atk = TargetedUniversalPerturbation(clf, attacker=name, attacker_params={"verbose": progress}, delta=delta,
+                                            max_iter=max_passes, eps=xi, norm=norm)
+        y = np.eye(clf.nb_classes, dtype=np.float32)[np.full(len(waves), int(targeted))]
+        atk.generate(waves.numpy(), y=y)
+    v = torch.from_numpy(np.asarray(atk.noise, dtype=np.float32).reshape(-1))
+    return v, [{"iter": 0, "fooling_rate": float(getattr(atk, "fooling_rate", float("nan")))}]
+
+
+PEERS = {("foolbox", "ddn"): foolbox_ddn, ("foolbox", "deepfool"): foolbox_deepfool,
+         ("foolbox", "cw_l2"): foolbox_cw_l2, ("art", "pgd"): art_pgd, ("art", "iterative"): art_universal}
+
+
+def get(library: str, name: str):
+    """The function that runs attack `name` (or universal method `name`) of `library`."""
+    if library == "audioadv":
+        return getattr(universal, name) if name in ("penalty", "iterative", "penalty_search") else getattr(attacks, name)
+    if (library, name) not in PEERS:
+        have = ", ".join(f"{lib} {n}" for lib, n in PEERS)
+        raise ValueError(f"no {library} implementation of {name!r} (available: {have})")
+    return PEERS[(library, name)]
+
+
+__all__ = ["LIBRARIES", "get", "art_classifier", "foolbox_ddn", "foolbox_deepfool", "foolbox_cw_l2", "art_pgd",
+           "art_universal"]
