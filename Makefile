@@ -76,6 +76,7 @@ results: $(VENV)/.core
 	  echo "experiment file and the command that produced it. Timings come from the machine each run folder records."; \
 	  for r in $(RESULT_RUNS); do if [ -f runs/$$r/results.sqlite ]; then echo; echo "## $$r"; echo; \
 	  $(BIN)/audioadv table runs/$$r || exit 1; fi; done; } > docs/results.md
+	if [ -f runs/demo/results.sqlite ]; then $(BIN)/audioadv table runs/demo --name peers --into README.md --marker peers; fi
 
 clean:
 	rm -rf $(VENV) runs .cache

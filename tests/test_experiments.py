@@ -21,7 +21,7 @@ from audioadv.experiments.spec import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.toml"
-VOLATILE = {"seconds", "time"}          # wall-clock fields: the only ones allowed to differ between runs
+VOLATILE = {"seconds", "cpu_seconds", "time"}          # wall-clock fields: the only ones allowed to differ between runs
 
 
 def _cli(*args) -> list[str]:

@@ -29,6 +29,9 @@ def register(sub) -> None:
     t.add_argument("--by", help="comma-separated keys to group rows by (model, data, a parameter, ...), instead of "
                                 "the declared tables")
     t.add_argument("--name", help="only the declared table whose title contains this text")
+    t.add_argument("--into", metavar="FILE", help="write the tables into FILE between the lines "
+                                                  "'<!-- results:MARKER -->' and '<!-- /results -->' instead of printing")
+    t.add_argument("--marker", default="table", help="the MARKER of --into")
     t.set_defaults(func=run_table)
 
     r = sub.add_parser("report", help="write a static HTML report with players and plots of a run folder",
@@ -67,9 +70,22 @@ def run_experiment(args) -> int:
 
 
 def run_table(args) -> int:
+    import re
+
     from ..experiments import tables_text
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
-    sys.stdout.write(tables_text(Path(args.run_dir), args.format, by, args.name))
+    text = tables_text(Path(args.run_dir), args.format, by, args.name)
+    if not args.into:
+        sys.stdout.write(text)
+        return 0
+    path = Path(args.into)
+    page = path.read_text()
+    start, end = f"<!-- results:{args.marker} -->", "<!-- /results -->"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(page):
+        raise ValueError(f"{path}: no '{start}' ... '{end}' block to fill")
+    path.write_text(pattern.sub(lambda m: f"{start}\n{text.strip()}\n{end}", page, count=1))
+    print(f"{path}: tables written between {start} and {end}")
     return 0
 
 

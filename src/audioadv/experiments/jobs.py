@@ -138,7 +138,8 @@ def run_train(ctx: Context, model: Model):
     ctx.store.add_examples(jid, rows)
     acc = float((preds == test.labels).float().mean()) if len(test) else None
     ctx.store.finish_job(jid, {"accuracy": acc, "n": len(test), "train_clips": len(train),
-                               "best_epoch": summary.get("best_epoch"), "seconds": round(time.time() - t0, 1),
+                               "best_epoch": (summary.get("best") or {}).get("epoch"),
+                               "val_accuracy": (summary.get("best") or {}).get("val_accuracy"), "seconds": round(time.time() - t0, 1),
                                "checkpoint": str(folder.relative_to(ctx.root))})
     return net, config
 
@@ -229,9 +230,9 @@ def plan_attack(ctx: Context, job: Job, jid: str) -> Plan:
             kw["seed"] = _seed_for(s["seed"], b)
         torch.manual_seed(_seed_for(s["seed"], b))
         labels = torch.full_like(y, target) if target is not None else y
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         adv = fn(model, x, labels, targeted=target is not None, **kw)
-        secs = (time.perf_counter() - t0) / len(pos)
+        secs, cpu = (time.perf_counter() - t0) / len(pos), (time.process_time() - c0) / len(pos)
         with torch.no_grad():
             pa = model(adv).argmax(1)
         d = adv - x
@@ -242,7 +243,7 @@ def plan_attack(ctx: Context, job: Job, jid: str) -> Plan:
             ok = bool(pa[j] == target) if target is not None else bool(pa[j] != y[j])
             row = {**_meta(ds.items[i] if ds.items else {}), "index": i, "label": classes[int(y[j])],
                    "clean": classes[int(clean[i])], "adversarial": classes[int(pa[j])], "success": ok,
-                   **{k: float(v[j]) for k, v in m.items()}, "seconds": secs}
+                   **{k: float(v[j]) for k, v in m.items()}, "seconds": secs, "cpu_seconds": cpu}
             if p < s["audio"]:
                 row.update(_save_audio(ctx, jid, ids[p], x[j], adv[j], ds.sample_rate))
             out.append((ids[p], p, row))
@@ -281,11 +282,12 @@ def plan_universal(ctx: Context, job: Job, jid: str) -> Plan:
         if _accepts(fn, "progress"):
             kw["progress"] = not ctx.quiet
         ctx.log(f"crafting {job.name} on {len(craft)} clips")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         v, history = fn(model, craft, targeted=target, seed=s["seed"], **kw)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         m_craft = evaluate(model, v, craft, targeted=target)
-        summary = {"iterations": len(history), "craft_seconds": round(wall, 2), "n_craft": len(craft),
+        summary = {"iterations": len(history), "craft_seconds": round(wall, 2), "craft_cpu_seconds": round(cpu, 2),
+                   "n_craft": len(craft),
                    "craft_success_rate": m_craft["success_rate"], "craft_mean_snr": m_craft["mean_snr"],
                    "v_l2": m_craft["v_l2"], "v_linf": m_craft["v_linf"], "v_wav": str((art / "v.wav").relative_to(ctx.root))}
         if history and "c" in history[-1]:
@@ -347,14 +349,14 @@ def plan_certify(ctx: Context, job: Job, jid: str) -> Plan:
         out = []
         for q in pos:
             i = idx[q]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             pred, rad = smooth.certify(ds.waves[i], seed=s["seed"] + i, **cert)
             label = int(ds.labels[i])
             abstain = pred == Smooth.ABSTAIN
             out.append((ids[q], q, {**_meta(ds.items[i] if ds.items else {}), "index": i, "label": classes[label],
                                     "prediction": None if abstain else classes[pred], "radius": float(rad),
                                     "correct": (not abstain) and pred == label, "abstain": bool(abstain),
-                                    "seconds": time.perf_counter() - t0}))
+                                    "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}))
         return out
 
     return Plan(ids, 1, compute, {"num_classes": len(classes)})
@@ -403,9 +405,9 @@ def plan_asr_attack(ctx: Context, job: Job, jid: str) -> Plan:
         kw = dict(job.fn_params)
         if _accepts(base, "info"):
             kw["info"] = info
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = fn(model, wav, tg, lengths=lengths, **kw)
-        secs = (time.perf_counter() - t0) / len(ks)
+        secs, cpu = (time.perf_counter() - t0) / len(ks), (time.process_time() - c0) / len(ks)
         adv, records = (res if isinstance(res, tuple) else (res, None))
         if records is not None:
             info = {key: [r.get(key) for r in records] for key in records[0]} if records else {}
@@ -413,7 +415,8 @@ def plan_asr_attack(ctx: Context, job: Job, jid: str) -> Plan:
         out = []
         for j, (p, k, row) in enumerate(zip(pos, ks, rows)):
             n_s = int(lengths[j])
-            row = {**_meta(data.items[picked[k]] if data.items else {}), **row, "index": picked[k], "seconds": secs}
+            row = {**_meta(data.items[picked[k]] if data.items else {}), **row, "index": picked[k], "seconds": secs,
+                   "cpu_seconds": cpu}
             if p < s["audio"]:
                 row.update(_save_audio(ctx, jid, ids[p], wav[j, :n_s], adv[j, :n_s], sr))
             out.append((ids[p], p, row))

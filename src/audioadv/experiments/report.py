@@ -17,8 +17,7 @@ from urllib.parse import quote
 import numpy as np
 
 from . import tables as T
-from .runner import EXPERIMENT_COPY
-from .spec import tomllib
+from .runner import declared
 from .store import Store
 
 CSS = """
@@ -170,9 +169,8 @@ def write_report(run_dir, *, examples: int | None = None) -> Path:
     name = root.name
     if examples is None:
         examples = 4
-        if (root / EXPERIMENT_COPY).is_file():
-            exp = tomllib.loads((root / EXPERIMENT_COPY).read_text())
-            name = exp.get("name", name)
+        for exp_name, exp in declared(root):
+            name = exp_name
             examples = int(exp.get("report", {}).get("examples_per_job", examples))
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>audioadv report: {_esc(name)}</title>"
              f"<style>{CSS}</style></head><body><h1>audioadv report: {_esc(name)}</h1>"

@@ -10,8 +10,7 @@ from . import spec as S
 from . import tables as T
 from .store import Store, job_id
 
-EXPERIMENT_COPY = "experiment.toml"      # the file of the run's last `audioadv run`, and where it came from
-EXPERIMENT_SOURCE = "experiment.source"
+EXPERIMENTS = "experiments"      # RUN_DIR/experiments/NAME.toml: each file run into the folder; index.json its source
 
 
 def check_targets(exp: S.Experiment) -> None:
@@ -39,8 +38,7 @@ def run(path, out=None, *, quiet: bool = False, log=print, ray: str | None = Non
     check_targets(exp)
     out = Path(out) if out else Path("runs") / exp.name
     store = Store(out)
-    (out / EXPERIMENT_COPY).write_text(exp.text)
-    (out / EXPERIMENT_SOURCE).write_text(str(path) + "\n")
+    _keep_copy(out, exp, path)
     executor = None
     if ray is not None:
         from .distributed import RayExecutor
@@ -90,13 +88,32 @@ def _write_summary(out: Path, store: Store) -> None:
     (out / "summary.json").write_text(dumps({"run_dir": str(out), "jobs": jobs}, indent=1) + "\n")
 
 
+def _keep_copy(out: Path, exp: S.Experiment, path) -> None:
+    folder = out / EXPERIMENTS
+    folder.mkdir(parents=True, exist_ok=True)
+    index = experiments_run(out)
+    index[exp.name] = str(path)
+    (folder / f"{exp.name}.toml").write_text(exp.text)
+    (folder / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+
+
+def experiments_run(run_dir) -> dict:
+    """{experiment name: the path it was run from} of every file run into run_dir, in the order first run."""
+    index = Path(run_dir) / EXPERIMENTS / "index.json"
+    return json.loads(index.read_text()) if index.is_file() else {}
+
+
+def declared(run_dir) -> list[tuple[str, dict]]:
+    """(experiment name, parsed file) of every experiment file run into run_dir."""
+    return [(name, S.tomllib.loads((Path(run_dir) / EXPERIMENTS / f"{name}.toml").read_text()))
+            for name in experiments_run(run_dir)]
+
+
 def table_specs(run_dir: Path, store: Store, by: list[str] | None = None, name: str | None = None) -> list[dict]:
-    """The tables the run's experiment file declares (all, or the one titled `name`), else one per job kind."""
-    declared = []
-    copy = Path(run_dir) / EXPERIMENT_COPY
-    if copy.is_file() and not by:
-        declared = S.tomllib.loads(copy.read_text()).get("tables", [])
-    specs = declared or T.default_specs(store, by)
+    """The tables the run's experiment files declare (all, or those titled like `name`), else one per job kind."""
+    specs = [] if by else [{**t, "_source": src} for exp, raw in declared(run_dir)
+                           for t in raw.get("tables", []) for src in [experiments_run(run_dir)[exp]]]
+    specs = specs or T.default_specs(store, by)
     if name:
         specs = [t for t in specs if name.lower() in t["title"].lower()]
         if not specs:
@@ -106,14 +123,13 @@ def table_specs(run_dir: Path, store: Store, by: list[str] | None = None, name: 
 
 def tables_text(run_dir, fmt: str = "markdown", by: list[str] | None = None, name: str | None = None) -> str:
     store = Store(run_dir, create=False)
-    src = Path(run_dir) / EXPERIMENT_SOURCE
-    source = (f"\nFrom `{src.read_text().strip()}`: `audioadv run {src.read_text().strip()} --out {run_dir}`, then "
-              f"`audioadv table {run_dir}`.\n" if src.is_file() else "")
     try:
         parts = []
         for spec in table_specs(Path(run_dir), store, by, name):
             header, rows = T.build(store, spec)
             if fmt == "markdown":
+                src = spec.get("_source")
+                source = f"\nFrom `{src}`: `audioadv run {src} --out {run_dir}`.\n" if src else ""
                 parts.append(f"**{spec['title']}**\n\n" + T.render(header, rows, fmt)
                              + (f"\n{spec['note']}\n" if spec.get("note") else "") + source)
             elif fmt == "latex":

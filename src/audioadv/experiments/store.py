@@ -112,6 +112,20 @@ class Store:
                  "started": r[5], "finished": r[6], "machine": r[7], "summary": json.loads(r[8]) if r[8] else {},
                  "labels": json.loads(r[9]) if r[9] else {}} for r in cur.fetchall()]
 
+    def record(self, kind: str, name: str, settings: dict, rows: list[dict], summary: dict | None = None,
+               labels: dict | None = None) -> str:
+        """Store a finished measurement made outside `audioadv run` (a benchmark): one job with its rows
+        (dicts, each optionally with an "example_id"), replacing an earlier record of the same settings."""
+        jid = job_id(kind, settings)
+        with self.db:
+            self.db.execute("DELETE FROM examples WHERE job_id=?", (jid,))
+            self.db.execute("DELETE FROM jobs WHERE job_id=?", (jid,))
+        self.start_job(jid, kind, name, settings, labels=labels)
+        self.add_examples(jid, [(str(r.get("example_id", i)), i, {k: v for k, v in r.items() if k != "example_id"})
+                                for i, r in enumerate(rows)])
+        self.finish_job(jid, summary or {})
+        return jid
+
     # examples
     def add_examples(self, jid: str, rows: list[tuple[str, int, dict]]) -> None:
         """Insert (example_id, position, fields) rows of one job in one transaction."""
