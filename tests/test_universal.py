@@ -268,9 +268,9 @@ def _stop_after(k: int, field: str = "iter"):
 @pytest.mark.parametrize("fn, kw, k", [
     (U.penalty, dict(c=20, kappa=5, lr=0.03, max_iter=40, min_snr=8.0, patience=5), 7),
     (U.penalty, dict(targeted=3, c=20, kappa=5, lr=0.01, max_iter=60, seed=1, **PLAIN), 8),
-    # penalty_search: killed before the first escalation, and after one (inside the second run)
+    # penalty_search: killed before the first escalation, and after two (the third run resumes from its own save)
     (U.penalty_search, dict(targeted=2, c=0.2, kappa=5, lr=0.03, max_iter=40, **PLAIN), 3),
-    (U.penalty_search, dict(targeted=2, c=0.2, kappa=5, lr=0.03, max_iter=40, **PLAIN), 9),
+    (U.penalty_search, dict(targeted=2, c=0.2, kappa=5, lr=0.03, max_iter=40, **PLAIN), 13),
 ], ids=["penalty-budget-patience", "penalty-targeted", "search-before-escalation", "search-after-escalation"])
 def test_killed_and_resumed_run_is_bit_identical(tiny, tmp_path, fn, kw, k):
     model, craft, _ = tiny
@@ -507,7 +507,7 @@ def test_cli_resumes_a_killed_run(fsdd_folder, tmp_path, monkeypatch):
     assert ((out / "state").exists() or (out / "state.run").exists()) and not (out / "metrics.json").exists()
     monkeypatch.setattr(U, "penalty_loss", loss)
     assert main(["universal", str(ckpt), "--out", str(out), *args]) == 0
-    assert json.loads((out / "metrics.json").read_text())["resumed"] is True
+    assert json.loads((out / "metrics.json").read_text())["resumed"] is True and not list(out.glob("state*"))
     assert np.array_equal(np.load(out / "v.npy"), np.load(tmp_path / "whole" / "v.npy"))
     assert (out / "history.jsonl").read_text() == (tmp_path / "whole" / "history.jsonl").read_text()
     assert main(["universal", str(ckpt), "--out", str(out), *args[:-1], "40"]) == 0      # a result exists: kept

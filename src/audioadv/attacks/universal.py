@@ -422,13 +422,9 @@ def penalty_loss(logits: torch.Tensor, labels: torch.Tensor, vp: torch.Tensor, *
     return s + c * G.mean(), s, G
 
 
-
-PATIENCE = 10
-
-
 def penalty(model, data, *, targeted: int | None = None, c: float | None = None, kappa: float | None = None,
             lr: float = 3e-4, batch_size: int = 100, delta: float = 0.1, max_iter: int = 100,
-            min_snr: float | None = 21.0, patience: int | None = PATIENCE, seed: int = 0, key: str | None = None,
+            min_snr: float | None = 21.0, patience: int | None = 10, seed: int = 0, key: str | None = None,
             callback: Callable | None = None, checkpoint=None):
     """Penalty method (Abdoli et al. Sec. 3.2, Algorithm 1, Eqs. 4-11) inside a loudness budget.
 

@@ -188,7 +188,7 @@ def run_universal(args) -> int:
     test_ds = load_dataset(args.data, args.test_split, input_length=length, sample_rate=sr)
     craft_ds = _crafting_set(craft_ds, args.n_craft, args.per_class, settings["seed"])
     out.mkdir(parents=True, exist_ok=True)
-    resumed = state.exists()
+    resumed = state.exists() or Path(f"{state}.run").exists()
     if args.method == "penalty":
         from tqdm import tqdm
 
@@ -234,6 +234,8 @@ def run_universal(args) -> int:
                        c_escalations=[r["iter"] for r in history if "escalated_to" in r],
                        stop=history[-1].get("stop"), xi=history[0].get("xi"))
     (out / "metrics.json").write_text(dumps(metrics, indent=2) + "\n")
+    for f in (state, Path(f"{state}.run")):        # the result is written: the crafting state is no longer needed
+        f.unlink(missing_ok=True)
     print(f"{args.method} {'untargeted' if target is None else 'target ' + classes[target]}: "
           f"craft success {m_craft['success_rate']:.3f}, test success {m_test['success_rate']:.3f}, "
           f"mean SNR {m_test['mean_snr']:.2f} dB, mean dB_x {m_test['mean_db_x']:.2f}, "
