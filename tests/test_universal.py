@@ -471,6 +471,8 @@ def test_cli_universal_and_transfer(fsdd_folder, tmp_path, capsys):
     assert "--min-snr is a penalty-method option" in capsys.readouterr().err
     assert main(["universal", str(ckpt), "--data", f"fsdd:{folder}", "--xi", "0.3", "--out", str(tmp_path / "bad3")]) == 2
     assert "--xi is an iterative-method option" in capsys.readouterr().err and not (tmp_path / "bad3").exists()
+    assert main(["universal", str(ckpt), "--data", f"fsdd:{folder}", "--inner-batch", "1", "--out", str(tmp_path / "b4")]) == 2
+    assert "--inner-batch is an iterative-method option" in capsys.readouterr().err
 
 
 def test_cli_argparse_repeats_no_library_default():

@@ -127,7 +127,7 @@ def _defaults(*fns) -> dict:
 
 def _crafting_kwargs(args) -> dict:
     """The crafting options given on the command line, as keyword arguments of the method's function."""
-    given = lambda names: [n for n in names if getattr(args, n) not in (None, True)]   # noqa: E731 (escalate: True)
+    given = lambda names: [n for n in names if getattr(args, n) is not None and getattr(args, n) is not True]  # noqa: E731
     other = given(ITERATIVE_OPTIONS if args.method == "penalty" else PENALTY_OPTIONS)
     if other:
         flag = "--" + other[0].replace("_", "-").replace("escalate", "no-escalate")
