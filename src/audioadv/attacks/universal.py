@@ -439,9 +439,10 @@ def penalty(model, data, *, targeted: int | None = None, c: float | None = None,
 
     Stops at the first of: the crafting-set success (Eq. 3, v applied additively) reaches 1 - delta;
     the mini-batch success estimate, averaged over the last pass through the crafting points, has not
-    improved for ``patience`` iterations (None: never); ``max_iter`` iterations. The estimate comes from the
-    logits each step computes anyway; the full crafting-set check runs only when it is within CHECK_MARGIN of
-    the goal (then waits 1, 2, 4, 8 iterations after a failed check) and at the end.
+    improved for ``patience`` iterations (None: never; 10 stopped FSDD cnn1d-rand runs in a 20.5 dB budget
+    after 45-47 of 100 iterations, test success within 0.004 of the full runs'); ``max_iter`` iterations.
+    The estimate comes from the logits each step computes anyway; the full crafting-set check runs only when
+    it is within CHECK_MARGIN of the goal (then waits 1, 2, 4, 8 iterations after a failed check) and at the end.
     targeted: target class or None. seed: mini-batch order. key: the perturbed entry of dict inputs.
     callback(v, record) after every iteration. checkpoint: file to save the state to every ``SAVE_EVERY``
     iterations and to resume from (module docstring).
