@@ -3,15 +3,17 @@
 One run, one trained checkpoint, the same FSDD clips for every method; writes ``--md`` (Markdown,
 with the command in its header) and ``--out`` (JSONL, one row per method and seed).
 
-1. Universal perturbations, untargeted and targeted, at an equal l_inf bound xi, an equal number of
-   passes (ART ``max_iter``) and the same stopping rule (crafting success >= 1 - delta):
-   ART's ``UniversalPerturbation`` (DeepFool, FGSM attackers, their default parameters) and
+1. Universal perturbations, untargeted and targeted, in one loudness budget: the l2 ball whose radius gives
+   ``--min-snr`` dB mean SNR (Eq. 14) over the crafting clips (``audioadv.attacks.universal.snr_radius``), with
+   an equal number of passes (ART ``max_iter``) and the same stopping rule (crafting success >= 1 - delta):
+   ART's ``UniversalPerturbation`` (DeepFool, FGSM attackers, their default parameters, ``norm=2``) and
    ``TargetedUniversalPerturbation`` (FGSM) against audioadv's iterative method (DeepFool, DDN inner
-   attacks) and penalty method (projected on the same ball). The order in which the greedy methods
+   attacks, projected on the same ball) and penalty method (``penalty_search`` with its defaults and
+   ``min_snr``, with and without the patience stop). The order in which the greedy methods
    visit the crafting points changes their result a lot with few points, so every universal method runs
    with ``--seeds`` orders / seeds (ART draws its order from Python's ``random``, seeded here); the table
    gives mean +- standard deviation over seeds of the test success rate (Eq. 3, on ``--n-test`` test clips),
-   mean SNR (Eq. 14), the l_inf norm actually used and the wall time, with ratios to the ART baseline.
+   mean SNR (Eq. 14), the l2 norm of v and the wall time, with ratios to the ART baseline.
    ART's DeepFool scales every step by (clip_max - clip_min), i.e. by 2 for audio in [-1, 1]: in effect
    a 100 % overshoot whatever its ``epsilon``; the row "deepfool, overshoot 1" gives ours the same.
 2. Per-example minimal-norm attacks with identical settings on ``--n-clips`` correctly classified test
@@ -20,14 +22,16 @@ with the command in its header) and ``--out`` (JSONL, one row per method and see
    rows evaluated (forward passes x batch rows: a load-independent cost) and wall time (best of
    ``--repeats``; the machine is shared).
 
-Needs the ``bench`` extra (``pip install -e '.[bench]'``). Rows are appended to ``--out`` as they
-finish; a rerun skips rows already there (``--fresh`` starts over).
+Needs the ``bench`` extra (``pip install -e '.[bench]'``; foolbox only for section 2). Rows are appended to
+``--out`` as they finish; a rerun skips rows already there (``--fresh`` starts over); ``--only`` runs the rows
+whose name contains one of its comma-separated words.
 
-    .venv/bin/python benchmarks/uap_vs_art.py --checkpoint runs/zoo/fsdd-logmel-cnn --data fsdd:../shared/data/fsdd
+    .venv/bin/python benchmarks/uap_vs_art.py --checkpoint runs/zoo/fsdd-cnn1d-rand --data fsdd:../shared/data/fsdd
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -46,16 +50,18 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="runs/zoo/fsdd-logmel-cnn")
     p.add_argument("--data", default="fsdd:../shared/data/fsdd")
-    p.add_argument("--n-craft", type=int, default=40, help="crafting clips (train split)")
+    p.add_argument("--n-craft", type=int, default=200, help="crafting clips (train split)")
     p.add_argument("--n-test", type=int, default=300, help="test clips (test split; FSDD has 300)")
-    p.add_argument("--xi", type=float, default=0.02, help="l_inf bound shared by every universal method")
+    p.add_argument("--min-snr", type=float, default=20.5,
+                   help="loudness budget shared by every universal method: the l2 ball of this mean crafting SNR (dB)")
     p.add_argument("--passes", type=int, default=2, help="passes (ART max_iter) for the iterative methods")
     p.add_argument("--delta", type=float, default=0.1)
     p.add_argument("--target", type=int, default=3)
     p.add_argument("--seeds", default="0,1,2", help="orders / seeds for every universal method")
-    p.add_argument("--penalty-iter", type=int, default=60)
-    p.add_argument("--penalty-lr", type=float, default=0.0005)
-    p.add_argument("--penalty-c", type=float, default=3.0)
+    p.add_argument("--patience", default=None,
+                   help="comma list of penalty patience values, one row each ('off' = None; default: off and the "
+                        "library's default)")
+    p.add_argument("--only", default="", help="comma list of words: run only the universal rows whose name has one")
     p.add_argument("--n-clips", type=int, default=24, help="clips for the per-example attacks")
     p.add_argument("--budgets", default="0.1,0.4", help="l2 budgets for success at equal budget")
     p.add_argument("--cw-steps", type=int, default=100)
@@ -100,9 +106,10 @@ def main(argv=None) -> int:
     args = parse(argv)
     torch.set_num_threads(1)
     try:
-        import foolbox as fb
         from art.attacks.evasion import TargetedUniversalPerturbation, UniversalPerturbation
         from art.estimators.classification import PyTorchClassifier
+        if "per-example" not in args.skip.split(","):
+            import foolbox as fb
     except ImportError as exc:
         print(f"needs the bench extra (adversarial-robustness-toolbox, foolbox): {exc}", file=sys.stderr)
         return 2
@@ -133,8 +140,9 @@ def main(argv=None) -> int:
             r = json.loads(line)
             done[(r["name"], r.get("seed"))] = r
     skip = set(filter(None, args.skip.split(",")))
-    setting = {"checkpoint": str(args.checkpoint), "n_craft": len(craft), "n_test": len(test), "xi": args.xi,
-               "passes": args.passes, "delta": args.delta}
+    radius = U.snr_radius(craft.waves, args.min_snr)
+    setting = {"checkpoint": str(args.checkpoint), "n_craft": len(craft), "n_test": len(test), "min_snr": args.min_snr,
+               "l2_radius": radius, "passes": args.passes, "delta": args.delta}
 
     def record(name, fn, seed=None, section="uap"):
         if (name, seed) in done:
@@ -156,7 +164,7 @@ def main(argv=None) -> int:
     def uap_metrics(v, target=None):
         m = evaluate(model, torch.as_tensor(v).flatten().float(), test, targeted=target)
         return {"test_success": m["success_rate"], "mean_snr": m["mean_snr"], "mean_db_x": m["mean_db_x"],
-                "v_linf": m["v_linf"], "target": target}
+                "v_linf": m["v_linf"], "v_l2": m["v_l2"], "target": target}
 
     groups = {"uap": [], "targeted": []}    # section -> [(name, base name or None, make(seed) -> run)]
     art_df = "ART UniversalPerturbation (deepfool)"
@@ -168,7 +176,7 @@ def main(argv=None) -> int:
             def run():
                 random.seed(seed)      # ART draws its visiting order from Python's random
                 a = UniversalPerturbation(art_clf, attacker=attacker, attacker_params=params, delta=args.delta,
-                                          max_iter=args.passes, eps=args.xi, norm=np.inf, batch_size=50,
+                                          max_iter=args.passes, eps=radius, norm=2, batch_size=50,
                                           verbose=False)
                 a.generate(xc)
                 return {**uap_metrics(a.noise), "craft_success": float(a.fooling_rate)}
@@ -178,32 +186,29 @@ def main(argv=None) -> int:
     def ours(method, target=None, **kw):
         def make(seed):
             def run():
-                kw2 = dict(kw)
-                if callable(kw2.get("xi")):
-                    kw2["xi"] = kw2["xi"](seed)
-                v, h = U.craft(method, model, craft, targeted=target, delta=args.delta, seed=seed, progress=False, **kw2)
+                if method == "iterative":
+                    kw.setdefault("progress", False)
+                v, h = U.craft(method, model, craft, targeted=target, delta=args.delta, seed=seed, **kw)
                 return {**uap_metrics(v, target), "iterations": len(h), "craft_success": h[-1].get("success_rate"),
-                        "xi_used": kw2.get("xi")}
+                        "stop": h[-1].get("stop"), "c_final": h[-1].get("c")}
             return run
         return make
 
-    it = dict(xi=args.xi, max_passes=args.passes)
-    pen = dict(p=math.inf, c=args.penalty_c, lr=args.penalty_lr, max_iter=args.penalty_iter)
+    it = dict(p=2, xi=radius, max_passes=args.passes)
+    pen = dict(min_snr=args.min_snr)               # every other setting: penalty_search's and penalty's defaults
+    patiences = [None, inspect.signature(U.penalty).parameters["patience"].default] if args.patience is None else \
+        [None if q == "off" else int(q) for q in args.patience.split(",")]
     if "uap" not in skip:
         groups["uap"] = [
             (art_df, None, art_up("deepfool", {"verbose": False})),
-            ("ART UniversalPerturbation (fgsm)", art_df, art_up("fgsm", {"eps": args.xi})),
+            ("ART UniversalPerturbation (fgsm)", art_df, art_up("fgsm", {"eps": radius, "norm": 2})),
             ("audioadv iterative (deepfool, overshoot 0.02)", art_df, ours("iterative", attack="deepfool", **it)),
             ("audioadv iterative (deepfool, overshoot 1 = ART's step)", art_df,
              ours("iterative", attack="deepfool", attack_kwargs={"overshoot": 1.0}, **it)),
             ("audioadv iterative (ddn)", art_df, ours("iterative", attack="ddn", **it)),
             ("audioadv iterative (ddn, inner batch 8, sequential)", art_df,
              ours("iterative", attack="ddn", batch_size=8, aggregate="sequential", **it)),
-            ("audioadv penalty (l_inf projection)", art_df, ours("penalty", xi=args.xi, **pen)),
-            # equal norm actually used, not just an equal bound: the l_inf that ART's DeepFool v reached (same seed)
-            ("audioadv penalty (l_inf <= that of ART deepfool's v, same seed)", art_df,
-             ours("penalty", xi=lambda seed: done[(art_df, seed)]["v_linf"], **pen)),
-        ]
+        ] + [(f"audioadv penalty (patience {q or 'off'})", art_df, ours("penalty", patience=q, **pen)) for q in patiences]
     if "targeted" not in skip:
         keep = craft.labels != t
         xct = craft.waves[keep].numpy()
@@ -213,8 +218,8 @@ def main(argv=None) -> int:
                 random.seed(seed)
                 y = np.eye(C, dtype=np.float32)[np.full(len(xct), t)]
                 a = TargetedUniversalPerturbation(art_clf, attacker="fgsm",
-                                                  attacker_params={"eps": args.xi, "targeted": True},
-                                                  delta=args.delta, max_iter=args.passes, eps=args.xi, norm=np.inf)
+                                                  attacker_params={"eps": radius, "norm": 2, "targeted": True},
+                                                  delta=args.delta, max_iter=args.passes, eps=radius, norm=2)
                 a.generate(xct, y=y)
                 return {**uap_metrics(a.noise, t), "craft_success": float(a.fooling_rate)}
             return run
@@ -222,8 +227,11 @@ def main(argv=None) -> int:
         groups["targeted"] = [
             (art_t, None, art_tup),
             (f"audioadv iterative (ddn) -> {t}", art_t, ours("iterative", target=t, attack="ddn", **it)),
-            (f"audioadv penalty (l_inf projection) -> {t}", art_t, ours("penalty", target=t, xi=args.xi, **pen)),
-        ]
+        ] + [(f"audioadv penalty (patience {q or 'off'}) -> {t}", art_t, ours("penalty", target=t, patience=q, **pen))
+             for q in patiences]
+    only = [w for w in args.only.split(",") if w]
+    if only:
+        groups = {k: [g for g in rows if any(w in g[0] for w in only)] for k, rows in groups.items()}
     # warm-up, untimed: one tiny call of every library path (first autograd call, lazy imports such as
     # torch.optim's on its first step, kernels for each batch size), so that no timed row pays a one-off cost
     if not args.no_warmup:
@@ -233,12 +241,12 @@ def main(argv=None) -> int:
         tiny = craft.subset(torch.arange(min(4, len(craft))))
         for method, kw in (("iterative", dict(attack="ddn", attack_kwargs={"steps": 2})),
                            ("iterative", dict(attack="deepfool", attack_kwargs={"steps": 2})),
-                           ("penalty", dict(max_iter=2, p=math.inf, xi=args.xi, c=args.penalty_c, lr=args.penalty_lr))):
+                           ("penalty", dict(max_iter=2, min_snr=args.min_snr))):
             U.craft(method, model, tiny, max_passes=1, progress=False, **kw) if method == "iterative" else \
-                U.craft(method, model, tiny, progress=False, **kw)
-        for attacker, params in (("deepfool", {"verbose": False, "max_iter": 2}), ("fgsm", {"eps": args.xi})):
-            UniversalPerturbation(art_clf, attacker=attacker, attacker_params=params, max_iter=1, eps=args.xi,
-                                  norm=np.inf, verbose=False).generate(tiny.waves.numpy())
+                U.craft(method, model, tiny, **kw)
+        for attacker, params in (("deepfool", {"verbose": False, "max_iter": 2}), ("fgsm", {"eps": radius, "norm": 2})):
+            UniversalPerturbation(art_clf, attacker=attacker, attacker_params=params, max_iter=1, eps=radius,
+                                  norm=2, verbose=False).generate(tiny.waves.numpy())
         print(f"warm-up {time.perf_counter() - t0:.1f} s", flush=True)
     # seeds outermost: a change of the machine's load hits every method alike
     results = {}
@@ -346,17 +354,18 @@ def main(argv=None) -> int:
         if not groups[section]:
             continue
         lines += [f"## {title}", "",
-                  f"{len(craft)} crafting clips (train), {len(test)} test clips, l_inf bound {args.xi}, {args.passes} "
+                  f"{len(craft)} crafting clips (train), {len(test)} test clips, l2 ball of radius {radius:.4g} (mean "
+                  f"crafting SNR {args.min_snr:g} dB), {args.passes} "
                   f"passes / ART max_iter, delta {args.delta}; mean +- sd over seeds {args.seeds} "
-                  f"(visiting order / mini-batch order). Penalty: c {args.penalty_c}, lr {args.penalty_lr}, "
-                  f"<= {args.penalty_iter} iterations. Ratios: mean success / ART baseline's, ART baseline's mean time / mean time.", "",
-                  "| method | test success | mean SNR (dB) | l_inf used | wall (s) | success / ART | ART time / time |",
+                  f"(visiting order / mini-batch order). Penalty: penalty_search's defaults with min_snr {args.min_snr:g}. "
+                  f"Ratios: mean success / ART baseline's, ART baseline's mean time / mean time.", "",
+                  "| method | test success | mean SNR (dB) | l2 of v | wall (s) | success / ART | ART time / time |",
                   "|---|---|---|---|---|---|---|"]
         base_rows = {n: rows for n, _, rows in groups[section]}
         for name, base, rows in groups[section]:
             s, ssd = mean_sd([r["test_success"] for r in rows])
             q, qsd = mean_sd([r["mean_snr"] for r in rows])
-            li, _ = mean_sd([r["v_linf"] for r in rows])
+            li, _ = mean_sd([r["v_l2"] for r in rows])
             w, wsd = mean_sd([r["wall_s"] for r in rows])
             br = base_rows.get(base) if base else None
             if br:

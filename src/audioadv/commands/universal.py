@@ -2,6 +2,8 @@
 (success of universal perturbations across checkpoints, Abdoli et al. Table 4)."""
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import math
 import sys
@@ -9,11 +11,27 @@ import time
 from pathlib import Path
 
 
+def _number_or_none(kind):
+    """argparse type: a number, or "none" / "off" (no budget, no patience)."""
+    def parse(text: str):
+        if text.lower() in ("none", "off"):
+            return "none"
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def register(sub) -> None:
+    # Every crafting default lives in audioadv.attacks.universal (penalty, penalty_search, iterative): options
+    # left out are not passed, so the library's value applies; metrics.json records the values in force.
     p = sub.add_parser("universal", help="craft a universal adversarial perturbation (Abdoli et al.)",
                        description="Craft one perturbation v that fools a classifier on most inputs, with the "
-                                   "penalty method (Alg. 1) or the iterative greedy method (Sec. 3.1). Writes v.npy, "
-                                   "v.wav, metrics.json, history.jsonl and a few perturbed examples into --out.")
+                                   "penalty method (Alg. 1, with the search over c of penalty_search) or the iterative "
+                                   "greedy method (Sec. 3.1). Writes v.npy, v.wav, metrics.json, history.jsonl and a few "
+                                   "perturbed examples into --out; a killed run resumes from --out/state when rerun.")
     p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + config.json)")
     p.add_argument("--data", required=True, help="dataset spec, e.g. fsdd:PATH or synth-commands")
     p.add_argument("--method", choices=["penalty", "iterative"], default="penalty")
@@ -24,39 +42,34 @@ def register(sub) -> None:
     p.add_argument("--n-craft", type=int, default=1000, help="crafting points drawn from the crafting split (paper: 1000)")
     p.add_argument("--per-class", type=int, default=0,
                    help="single-sample mode: craft from K examples of each class (paper Table 3: K=1)")
-    p.add_argument("--c", default="3",
-                   help="penalty coefficient: a number (default 3, multiplied by 3 whenever v collapses towards 0 "
-                        "unless --no-escalate; see audioadv.attacks.universal.penalty), auto (the same escalation "
-                        "from the paper's value) or paper (0.2 untargeted / 0.15 targeted, fixed)")
-    p.add_argument("--no-escalate", dest="escalate", action="store_false",
-                   help="penalty: keep a numeric --c fixed even when v collapses")
-    p.add_argument("--kappa", type=float, default=None, help="hinge confidence on logits (default 40 / 10)")
-    p.add_argument("--lr", type=float, default=0.002, help="Adam step size (penalty)")
-    p.add_argument("--max-iter", type=int, default=100, help="penalty: Adam iterations")
-    p.add_argument("--batch-size", type=int, default=100, help="penalty: mini-batch size")
-    p.add_argument("--shrink", action="store_true",
-                   help="penalty: scale v down to the quietest multiple that still meets 1 - delta on the crafting set")
-    p.add_argument("--restart", choices=["peak", "zero"], default="peak",
-                   help="penalty: after an escalation of c, resume from the loudest v' seen (default) or restart from 0")
-    p.add_argument("--refine", type=int, default=0,
-                   help="penalty: extra iterations after the stopping rule holds, returning the quietest v that still meets "
-                        "it on the crafting set (our extension beyond Algorithm 1; 0 = off; opt-in, see notes/uap-bar.md)")
-    p.add_argument("--refine-kappa", type=float, default=None, help="penalty: hinge floor during --refine (default: --kappa)")
-    p.add_argument("--min-snr", type=float, default=None,
-                   help="penalty: keep v inside the l2 ball that gives this mean crafting-set SNR in dB (excludes --xi)")
-    p.add_argument("--box", choices=["tanh", "clip"], default="tanh", help="penalty: box constraint by tanh (Eqs. 7-9) or clipping")
-    p.add_argument("--delta", type=float, default=0.1, help="stop at crafting success >= 1 - delta")
-    p.add_argument("--xi", type=float, default=None, help="l_p radius (iterative: default 0.2 / 0.12 l_inf; penalty: optional l2)")
-    p.add_argument("--p", default=None, help="norm of the projection: 2 or inf (iterative default inf, penalty 2)")
-    p.add_argument("--inner", choices=["ddn", "deepfool", "cw"], default="ddn", help="iterative: inner minimal attack")
-    p.add_argument("--max-passes", type=int, default=100, help="iterative: passes over the crafting points")
-    p.add_argument("--inner-batch", type=int, default=1, help="iterative: points attacked together (1 = paper)")
-    p.add_argument("--aggregate", choices=["mean", "sum", "sequential"], default="mean",
-                   help="iterative: how the extra perturbations of one inner batch are combined")
+    p.add_argument("--delta", type=float, help="stop at crafting success >= 1 - delta")
+    p.add_argument("--seed", type=int, help="crafting-set draw and mini-batch / visiting order")
+    g = p.add_argument_group("penalty method (defaults: audioadv.attacks.universal.penalty and penalty_search)")
+    g.add_argument("--c", default=None,
+                   help="starting penalty coefficient, multiplied by --c-factor whenever v collapses; a number or "
+                        "'paper' (the paper's value for the mode)")
+    g.add_argument("--c-factor", type=float, help="factor applied to c at each collapse")
+    g.add_argument("--no-escalate", dest="escalate", action="store_false", help="keep c fixed even when v collapses")
+    g.add_argument("--kappa", type=float, help="hinge confidence on logits")
+    g.add_argument("--lr", type=float, help="Adam step size")
+    g.add_argument("--max-iter", type=int, help="Adam iterations in all")
+    g.add_argument("--batch-size", type=int, help="mini-batch size")
+    g.add_argument("--min-snr", type=_number_or_none(float),
+                   help="loudness budget: keep v inside the l2 ball that gives this mean crafting-set SNR in dB "
+                        "('none': no budget)")
+    g.add_argument("--patience", type=_number_or_none(int),
+                   help="also stop when the mini-batch success has not improved for this many iterations ('none': off)")
+    g = p.add_argument_group("iterative method (defaults: audioadv.attacks.universal.iterative)")
+    g.add_argument("--xi", type=float, help="l_p radius (default: the paper's for the mode)")
+    g.add_argument("--p", default=None, help="norm of the projection: 2 or inf")
+    g.add_argument("--inner", choices=["ddn", "deepfool", "cw"], help="inner minimal attack")
+    g.add_argument("--max-passes", type=int, help="passes over the crafting points")
+    g.add_argument("--inner-batch", type=int, help="points attacked together (1 = paper)")
+    g.add_argument("--aggregate", choices=["mean", "sum", "sequential"],
+                   help="how the extra perturbations of one inner batch are combined")
     p.add_argument("--examples", type=int, default=5, help="perturbed test examples saved as WAV")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    p.add_argument("--force", action="store_true", help="craft again even if --out already holds a result")
+    p.add_argument("--force", action="store_true", help="craft again from scratch even if --out holds a result or a state")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run_universal)
 
@@ -98,6 +111,50 @@ def _crafting_set(ds, n: int, per_class: int, seed: int):
     return ds
 
 
+PENALTY_OPTIONS = ("c", "c_factor", "escalate", "kappa", "lr", "max_iter", "batch_size", "min_snr", "patience")
+ITERATIVE_OPTIONS = ("xi", "p", "inner", "max_passes", "inner_batch", "aggregate")
+NOT_SETTINGS = ("model", "data", "callback", "checkpoint", "progress", "key", "kwargs")
+
+
+def _defaults(*fns) -> dict:
+    """The keyword defaults of the library functions (the later function's win)."""
+    out = {}
+    for fn in fns:
+        out.update({k: p.default for k, p in inspect.signature(fn).parameters.items()
+                    if p.default is not inspect.Parameter.empty and k not in NOT_SETTINGS})
+    return out
+
+
+def _crafting_kwargs(args) -> dict:
+    """The crafting options given on the command line, as keyword arguments of the method's function."""
+    given = lambda names: [n for n in names if getattr(args, n) is not None and getattr(args, n) is not True]  # noqa: E731
+    other = given(ITERATIVE_OPTIONS if args.method == "penalty" else PENALTY_OPTIONS)
+    if other:
+        flag = "--" + other[0].replace("_", "-").replace("escalate", "no-escalate")
+        raise ValueError(f"{flag} is a{'n iterative' if args.method == 'penalty' else ' penalty'}-method option "
+                         f"(this run uses --method {args.method})")
+    kw = {k: getattr(args, k) for k in ("delta", "seed") if getattr(args, k) is not None}
+    if args.method == "penalty":
+        names = {"c_factor": "c_factor", "kappa": "kappa", "lr": "lr", "max_iter": "max_iter", "batch_size": "batch_size",
+                 "min_snr": "min_snr", "patience": "patience"}
+        kw.update({name: (None if getattr(args, opt) == "none" else getattr(args, opt))
+                   for opt, name in names.items() if getattr(args, opt) is not None})
+        if args.c is not None:
+            try:
+                kw["c"] = None if args.c == "paper" else float(args.c)
+            except ValueError:
+                raise ValueError(f"--c must be a number or 'paper', not {args.c!r}") from None
+        if not args.escalate:
+            kw["max_escalations"] = 0
+    else:
+        names = {"xi": "xi", "inner": "attack", "max_passes": "max_passes", "inner_batch": "batch_size",
+                 "aggregate": "aggregate"}
+        kw.update({name: getattr(args, opt) for opt, name in names.items() if getattr(args, opt) is not None})
+        if args.p is not None:
+            kw["p"] = math.inf if str(args.p).lower() in ("inf", "linf") else float(args.p)
+    return kw
+
+
 def run_universal(args) -> int:
     import numpy as np
     import torch
@@ -111,12 +168,15 @@ def run_universal(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.method != "penalty" and args.min_snr is not None:
-        raise ValueError("--min-snr is a penalty-method option (the iterative method takes --xi and --p)")
-    if args.min_snr is not None and (args.xi is not None or args.p not in (None, "2", "2.0")):
-        raise ValueError("--min-snr sets the radius of an l2 ball: give it without --xi and --p")
+    kw = _crafting_kwargs(args)
+    fns = (U.penalty, U.penalty_search) if args.method == "penalty" else (U.iterative,)
+    settings = {**_defaults(*fns), **kw}
     out = Path(args.out)
-    if (out / "metrics.json").exists() and not args.force:
+    state = out / "state"
+    if args.force:
+        for f in (out / "metrics.json", state, Path(f"{state}.run")):
+            f.unlink(missing_ok=True)
+    if (out / "metrics.json").exists():
         print((out / "metrics.json").read_text())
         print(f"{out}: result exists (use --force to craft again)", file=sys.stderr)
         return 0
@@ -126,29 +186,27 @@ def run_universal(args) -> int:
     length, sr = int(cfg["input_length"]), int(cfg.get("sample_rate", 16000))
     craft_ds = load_dataset(args.data, args.craft_split, input_length=length, sample_rate=sr)
     test_ds = load_dataset(args.data, args.test_split, input_length=length, sample_rate=sr)
-    craft_ds = _crafting_set(craft_ds, args.n_craft, args.per_class, args.seed)
+    craft_ds = _crafting_set(craft_ds, args.n_craft, args.per_class, settings["seed"])
     out.mkdir(parents=True, exist_ok=True)
-    hist_f = open(out / "history.jsonl", "w")
-
-    def log(v, rec):
-        hist_f.write(dumps(rec) + "\n")
-        hist_f.flush()
-
-    p = None if args.p is None else (math.inf if str(args.p).lower() in ("inf", "linf") else float(args.p))
+    resumed = state.exists() or Path(f"{state}.run").exists()
     if args.method == "penalty":
-        c = "auto" if args.c == "auto" else None if args.c == "paper" else float(args.c)
-        kw = dict(c=c, kappa=args.kappa, lr=args.lr, max_iter=args.max_iter, batch_size=args.batch_size,
-                  box=args.box, xi=args.xi, p=2 if p is None else p, shrink=args.shrink,
-                  escalate=args.escalate if isinstance(c, float) else None, restart=args.restart,
-                  refine=args.refine, refine_kappa=args.refine_kappa, min_snr=args.min_snr)
+        from tqdm import tqdm
+
+        bar = tqdm(total=settings["max_iter"], desc="penalty", leave=False, disable=args.quiet)
+
+        def progress(v, rec):
+            bar.update(rec["iter"] - bar.n)
+            bar.set_postfix(c=f"{rec['c']:.3g}", batch_success=f"{rec['batch_success']:.2f}")
+        kw["callback"] = progress
     else:
-        kw = dict(xi=args.xi, p=math.inf if p is None else p, attack=args.inner, max_passes=args.max_passes,
-                  batch_size=args.inner_batch, aggregate=args.aggregate)
+        kw["progress"] = not args.quiet
     t0 = time.perf_counter()
-    v, history = U.craft(args.method, model, craft_ds, targeted=target, delta=args.delta, seed=args.seed,
-                         progress=not args.quiet, callback=log, **kw)
+    v, history = U.craft(args.method, model, craft_ds, targeted=target, checkpoint=state, **kw)
     wall = time.perf_counter() - t0
-    hist_f.close()
+    if args.method == "penalty":
+        bar.close()
+    with open(out / "history.jsonl", "w") as fh:            # the whole history, resumed runs included
+        fh.writelines(dumps(rec) + "\n" for rec in history)
     m_craft = evaluate(model, v, craft_ds, targeted=target)
     m_test, rows = evaluate(model, v, test_ds, targeted=target, rows=True)
     with open(out / "per_example_test.jsonl", "w") as fh:       # the rows behind m_test, one per test clip
@@ -168,16 +226,16 @@ def run_universal(args) -> int:
             save(ex / f"{i:04d}_perturbed_{classes[pa]}.wav", xa, sr)
     metrics = {"checkpoint": str(args.checkpoint), "arch": cfg.get("arch"), "data": args.data,
                "method": args.method, "target": target, "target_name": None if target is None else classes[target],
-               "n_craft": len(craft_ds), "per_class": args.per_class, "seed": args.seed,
-               "settings": {k: (str(x) if isinstance(x, float) and math.isinf(x) else x) for k, x in kw.items()},
-               "iterations": len(history), "wall_time_s": wall, "craft": m_craft, "test": m_test}
-    if args.method == "penalty":        # the c finally used (c = auto: after any escalation)
+               "n_craft": len(craft_ds), "per_class": args.per_class, "seed": settings["seed"],
+               "settings": {k: (str(x) if isinstance(x, float) and math.isinf(x) else x) for k, x in settings.items()},
+               "iterations": len(history), "wall_time_s": wall, "resumed": resumed, "craft": m_craft, "test": m_test}
+    if args.method == "penalty":        # the c finally used (after any escalation) and why the run stopped
         metrics.update(c_final=history[-1]["c"], c_start=history[0]["c"],
                        c_escalations=[r["iter"] for r in history if "escalated_to" in r],
-                       shrink_scale=history[-1].get("shrink_scale"),
-                       stop_iter=next((r["iter"] for r in history if r.get("stop")), None),
-                       returned_iter=history[-1].get("returned_iter"))
+                       stop=history[-1].get("stop"), xi=history[0].get("xi"))
     (out / "metrics.json").write_text(dumps(metrics, indent=2) + "\n")
+    for f in (state, Path(f"{state}.run")):        # the result is written: the crafting state is no longer needed
+        f.unlink(missing_ok=True)
     print(f"{args.method} {'untargeted' if target is None else 'target ' + classes[target]}: "
           f"craft success {m_craft['success_rate']:.3f}, test success {m_test['success_rate']:.3f}, "
           f"mean SNR {m_test['mean_snr']:.2f} dB, mean dB_x {m_test['mean_db_x']:.2f}, "
@@ -208,7 +266,8 @@ def _load_perturbation(path: Path):
 def run_transfer(args) -> int:
     import torch
 
-    from ..attacks.universal_eval import format_matrix, transfer_matrix
+    from ..attacks.universal_eval import transfer_matrix
+    from ..reporting import format_matrix
     from ..data import load_dataset
     from ..models.checkpoint import load_checkpoint
 
