@@ -175,7 +175,11 @@ def library_functions(kind: str, job: dict) -> dict:
     """The library functions whose keyword parameters a job of this kind accepts (name -> function)."""
     from .. import attacks, peers
     if kind in ("attack", "universal"):
-        return {"fn": peers.get(job["library"], job["attack" if kind == "attack" else "method"])}
+        fn = peers.get(job["library"], job["attack" if kind == "attack" else "method"])
+        if kind == "universal" and job["method"] == "penalty_search":   # forwards the rest to penalty()
+            from ..attacks import universal
+            return {"penalty": universal.penalty, "fn": fn}
+        return {"fn": fn}
     if kind == "asr-attack":
         return {"attack": getattr(attacks, ASR_ATTACKS[job["attack"]])}
     if kind == "certify":
