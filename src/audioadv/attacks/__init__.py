@@ -20,6 +20,5 @@ from .cw_ctc import cw_ctc  # noqa: E402
 from .imperceptible import imperceptible  # noqa: E402
 from .ipc import ipc  # noqa: E402
 from .sparse import HardThreshold, hard_threshold, sparse  # noqa: E402
-from ._ctc import asr_report  # noqa: E402
 
-__all__ += ["cw_ctc", "imperceptible", "ipc", "sparse", "HardThreshold", "hard_threshold", "asr_report"]
+__all__ += ["cw_ctc", "imperceptible", "ipc", "sparse", "HardThreshold", "hard_threshold"]
