@@ -302,7 +302,8 @@ def save_recognizer(model: CTCRecognizer, folder: str | Path, extra: dict | None
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({**model.config, **(extra or {})}, indent=2))
+    (folder / "config.json").write_text(json.dumps({"kind": "ctc-recognizer", **model.config, **(extra or {})},
+                                                   indent=2))
     return folder
 
 
