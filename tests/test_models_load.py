@@ -44,15 +44,9 @@ def test_loads_a_ctc_recognizer_and_an_old_one_without_kind(tmp_path):
 
 
 def test_loads_a_hugging_face_wav2vec2_folder(tmp_path):
-    transformers = pytest.importorskip("transformers", reason="the Hugging Face case needs transformers")
-    vocab = {"<pad>": 0, "|": 1, "a": 2, "b": 3}
-    conf = transformers.Wav2Vec2Config(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
-                                       num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
-                                       conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8,
-                                       num_conv_pos_embedding_groups=2, pad_token_id=0)
-    torch.manual_seed(0)
-    transformers.Wav2Vec2ForCTC(conf).save_pretrained(tmp_path / "hf")
-    (tmp_path / "hf" / "vocab.json").write_text(json.dumps(vocab))
+    pytest.importorskip("transformers", reason="the Hugging Face case needs transformers (the hf extra)")
+    from _hf_tiny import save_tiny_wav2vec2
+    vocab = save_tiny_wav2vec2(tmp_path / "hf")
     model, cfg = models.load(tmp_path / "hf")
     assert cfg["kind"] == "hf-wav2vec2" and type(model).__name__ == "HFWav2Vec2Recognizer"
     logits, frames = model.frame_logits(torch.randn(2, 1600) * 0.1, torch.tensor([1600, 800]))
