@@ -49,7 +49,8 @@ def random_texts(n, seed=0, lo=2, hi=5):
 
 def train_toy(steps=80, seed=0):
     torch.manual_seed(seed)
-    model = CTCRecognizer(n_mels=20, channels=32, hidden=32, layers=1, alphabet="abcd", dropout=0.0)
+    model = CTCRecognizer(n_mels=20, channels=32, hidden=32, layers=1, alphabet="abcd", dropout=0.0,
+                          feature_norm="global")
     texts = random_texts(48, seed)
     x, lengths = batch(texts, seed)
     model.set_feature_stats(x, lengths)
