@@ -6,11 +6,14 @@ one leaves (its stop rule fired or its step budget is spent) the next waiting ut
 its slot, so the batch stays full until the queue is empty. Nothing in an utterance's trajectory
 depends on the others in its batch: its Adam moments and step counter are its own, every step
 count and schedule is counted from when it joined, padding beyond its own length is masked, and
-every sum (CTC loss, l2 term, masking loss) runs over its own samples. With one CPU thread the
-result is then bit-identical for any `batch_size`, one utterance alone included (tested), given
-that the recogniser's rows do not interact either; torch's CPU matrix products round a row
-differently when fewer than `MIN_ROWS` rows are multiplied, so a smaller batch is padded to
-`MIN_ROWS` rows with copies whose outputs are discarded.
+every sum (CTC loss, l2 term, masking loss) runs over its own samples. What is left is the
+recogniser's floating-point kernels: torch's CPU matrix products round a row differently when
+fewer than `MIN_ROWS` rows are multiplied, so a smaller batch is padded to `MIN_ROWS` rows with
+copies whose outputs are discarded, and the loop runs torch's own convolutions rather than
+oneDNN's (`native_convolutions`). With one CPU thread the result is then bit-identical for any
+`batch_size`, one utterance alone included, on the test suite's recogniser; on others a kernel
+may still pick another blocking for another padded width and change the last bits of a row's
+gradient (seen on a trained 96-unit recogniser: a few utterances in 20 differ after some steps).
 
 A projection hook is any callable `project(delta, *, step, total, lengths) -> delta` applied to
 the perturbation after every optimisation step (after the attack's own box constraint), to the
@@ -34,6 +37,8 @@ from .sparse import joint_score
 PAD_MARGIN = 1600  # samples (0.1 s at 16 kHz), more than any front end's half window
 # Fewest rows the recogniser is run on: below 4 rows torch's CPU GEMM (so GRU and Linear layers)
 # takes another kernel and rounds each row differently (measured, torch 2.13, MKL, 1 thread).
+# Both this and the convolution note in `optimize` are about the CPU; GPU kernels give no such
+# guarantee.
 MIN_ROWS = 4
 # utterances optimised together by default: CPU time per utterance of CW on a small recogniser
 # stops falling beyond ~16 (one thread; see the batch_size figures of the attacks' tests/benchmark)
@@ -157,7 +162,7 @@ def optimize(model, x, lengths, texts, *, targeted: bool, hooks: Hooks, lr: floa
     for t, q in zip(texts, seqs):
         if not q:
             raise ValueError(f"transcript {t!r} has no character the recogniser knows")
-    with frozen_weights(model):
+    with frozen_weights(model), native_convolutions():
         state = _Loop(model, x, lengths, refs, seqs, targeted=targeted, hooks=hooks, lr=lr, max_iter=max_iter,
                       c=c, l2_weight=l2_weight, project=project, delta_init=delta_init, stop_after=stop_after,
                       patience=patience)
@@ -183,6 +188,19 @@ class frozen_weights:
     def __exit__(self, *exc):
         for p in self.params:
             p.requires_grad_(True)
+
+
+class native_convolutions:
+    """Context: torch's own CPU convolutions instead of oneDNN's. oneDNN picks its algorithm by
+    shape, so an utterance's input gradient changed (1e-7) with how far its batch was padded;
+    torch's own kernels were as fast on the CTC recogniser (one thread) and removed that case."""
+
+    def __enter__(self):
+        self.prev = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+
+    def __exit__(self, *exc):
+        torch.backends.mkldnn.enabled = self.prev
 
 
 def _ready(project, steps: torch.Tensor, total: int) -> torch.Tensor:
