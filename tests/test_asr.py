@@ -155,7 +155,8 @@ def test_utterance_feature_norm_is_gain_invariant_and_old_configs_load(tmp_path)
 
 
 def test_one_cycle_schedule_and_step_budget(tmp_path):
-    from audioadv.asr_train import Utterances, one_cycle, train_recognizer
+    from audioadv.asr_train import one_cycle, train_recognizer
+    from audioadv.data.utterances import Utterances
     assert one_cycle(0.0, 1.0, 0.2) == pytest.approx(0.04)
     assert one_cycle(0.2, 1.0, 0.2) == pytest.approx(1.0)
     assert one_cycle(1.0, 1.0, 0.2, final=1e-3) == pytest.approx(1e-3)

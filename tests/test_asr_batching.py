@@ -74,3 +74,18 @@ def test_batch_size_must_be_positive(setup):
     model, x, lengths, targets = setup
     with pytest.raises(ValueError, match="batch_size"):
         cw_ctc(model, x, targets, lengths=lengths, max_iter=2, batch_size=0)
+
+
+def test_trajectory_does_not_depend_on_the_batch_with_per_utterance_features(setup):
+    # per-utterance log-mel normalisation (the recogniser's default) sums over each utterance's own
+    # frames, forward and backward: the last objective of every utterance is the same bit for bit
+    from audioadv.models.asr import CTCRecognizer
+    _, x, lengths, targets = setup
+    torch.manual_seed(1)
+    model = CTCRecognizer(n_mels=20, channels=24, hidden=24, layers=1, alphabet="abcd").eval()
+    assert model.feature_norm == "utterance"
+    kw = dict(tau=0.2, lr=3e-3, max_iter=8)
+    _, full = cw_ctc(model, x, targets, lengths=lengths, batch_size=N, **kw)
+    for b in (1, 2):
+        _, part = cw_ctc(model, x, targets, lengths=lengths, batch_size=b, **kw)
+        assert same(full, part)

@@ -11,9 +11,10 @@ recogniser's floating-point kernels: torch's CPU matrix products round a row dif
 fewer than `MIN_ROWS` rows are multiplied, so a smaller batch is padded to `MIN_ROWS` rows with
 copies whose outputs are discarded, and the loop runs torch's own convolutions rather than
 oneDNN's (`native_convolutions`). With one CPU thread the result is then bit-identical for any
-`batch_size`, one utterance alone included, on the test suite's recogniser; on others a kernel
-may still pick another blocking for another padded width and change the last bits of a row's
-gradient (seen on a trained 96-unit recogniser: a few utterances in 20 differ after some steps).
+`batch_size`, one utterance alone included (tested on the test suite's recognisers, checked on a
+trained one by benchmarks/asr_batching.py). A recogniser must keep its rows apart too: anything
+it sums over time has to run over each utterance's own frames (see `CTCRecognizer`'s
+per-utterance normalisation).
 
 A projection hook is any callable `project(delta, *, step, total, lengths) -> delta` applied to
 the perturbation after every optimisation step (after the attack's own box constraint), to the
@@ -40,9 +41,10 @@ PAD_MARGIN = 1600  # samples (0.1 s at 16 kHz), more than any front end's half w
 # Both this and the convolution note in `optimize` are about the CPU; GPU kernels give no such
 # guarantee.
 MIN_ROWS = 4
-# utterances optimised together by default: CPU time per utterance of CW on a small recogniser
-# stops falling beyond ~16 (one thread; see the batch_size figures of the attacks' tests/benchmark)
-BATCH_SIZE = 16
+# utterances optimised together by default: the smallest batch at which CPU time per
+# utterance-step has levelled off (benchmarks/asr_batching.py, one thread, 96-unit recogniser,
+# 1.2 s utterances: 0.027 s at 1, 0.0087 at 4, 0.0068-0.0083 from 8 to 20, within the noise)
+BATCH_SIZE = 8
 
 
 def prepare(model, inputs, labels: Sequence[str], lengths, name: str):

@@ -278,15 +278,15 @@ class CTCRecognizer(nn.Module):
         valid = (torch.arange(x.shape[-1], device=x.device)[None, :] < frames[:, None]).unsqueeze(1).to(x.dtype)
         if self.feature_norm == "utterance":
             # mean / variance per utterance and mel over its own valid frames (after the global
-            # scaling), so gain and channel differences between voices cancel out; each summed
-            # over exactly its own frames, so the rounding does not depend on the batch's padding
-            stats = []
+            # scaling), so gain and channel differences between voices cancel out; computed on
+            # exactly its own frames (forward and backward), so no rounding depends on the padding
+            rows = []
             for b, f in enumerate(frames.clamp(1, x.shape[-1]).tolist()):
                 own = x[b, :, :f].contiguous()
                 mu = own.sum(-1, keepdim=True) / f
-                stats.append((mu, ((own - mu) ** 2).sum(-1, keepdim=True) / f))
-            mu, var = torch.stack([m for m, _ in stats]), torch.stack([v for _, v in stats])
-            x = (x - mu) / torch.sqrt(var + 1e-2)
+                var = ((own - mu) ** 2).sum(-1, keepdim=True) / f
+                rows.append(F.pad((own - mu) / torch.sqrt(var + 1e-2), (0, x.shape[-1] - f)))
+            x = torch.stack(rows)
         x = x * valid
         x = self.conv(x).transpose(1, 2)  # (B, F, C)
         out_len = self.frame_lengths(lengths).clamp(1, x.shape[1])
