@@ -29,9 +29,12 @@ class _ProportionalBox(_ctc.Hooks):
     def __init__(self, n: int, ratio: float, shrink: float, like: torch.Tensor):
         self.ratio = torch.full((n,), float(ratio), dtype=like.dtype, device=like.device)
         self.shrink = shrink
+        self._x, self._ax = None, None
 
     def limits(self, rows, x):  # the per-sample bounds, for the sparse l0 step's ranking
-        return self.ratio[rows][:, None] * x.abs()
+        if self._x is not x:  # |x| once per batch layout, not every step
+            self._x, self._ax = x, x.abs()
+        return self.ratio[rows][:, None] * self._ax
 
     def box(self, d, rows, x):
         lim = self.limits(rows, x)
