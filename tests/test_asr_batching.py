@@ -30,8 +30,8 @@ def same(a, b):
 CASES = {
     "cw": (cw_ctc, dict(tau=0.2, lr=3e-3, max_iter=40, patience=4)),
     "ipc": (ipc, dict(ratio=1.0, lr=3e-3, max_iter=40, stop_after=2)),
-    "imperceptible": (imperceptible, dict(tau=0.2, lr_stage1=3e-3, max_iter_stage1=30, stop_after=1,
-                                          max_iter_stage2=30, lr_stage2=1e-3, up_every=3, down_every=5,
+    "imperceptible": (imperceptible, dict(tau=0.2, lr_stage1=3e-3, max_iter_stage1=25, stop_after=1,
+                                          max_iter_stage2=20, lr_stage2=1e-3, up_every=3, down_every=5,
                                           patience_stage2=4)),
     "sparse-cw": (sparse(cw_ctc, 0.4, ramp=0.2), dict(tau=0.2, lr=3e-3, max_iter=40, patience=6)),
     "sparse-ipc": (sparse(ipc, 0.3), dict(ratio=1.0, lr=3e-3, max_iter=30, stop_after=1)),
@@ -48,10 +48,10 @@ def test_result_does_not_depend_on_the_batch(setup, name):
     # the stop rules fired at different steps, so slots were refilled mid-run
     assert len({r["iterations"] for r in rec_full}) > 1
     assert any(r["success"] for r in rec_full)
-    for i in (0, N - 1):                                 # each utterance alone
-        n = int(lengths[i])
-        alone, rec = attack(model, x[i:i + 1, :n], targets[i:i + 1], batch_size=1, **kw)
-        assert torch.equal(alone[0], full[i, :n]) and same(rec, rec_full[i:i + 1])
+    i = N - 1                                            # an utterance alone
+    n = int(lengths[i])
+    alone, rec = attack(model, x[i:i + 1, :n], targets[i:i + 1], batch_size=1, **kw)
+    assert torch.equal(alone[0], full[i, :n]) and same(rec, rec_full[i:i + 1])
 
 
 def test_masking_threshold_once_per_utterance(setup, monkeypatch):
