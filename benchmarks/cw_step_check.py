@@ -2,7 +2,7 @@
 1000 iterations, how soon, and how loud the result is, on utterances the ART benchmark never uses.
 
 The benchmark (`benchmarks/asr_vs_art.py`) attacks the first `--skip` utterances of the seeded test
-order (`audioadv.data.targets.select`); this check takes the next `--n` of them, with grammar
+order (`audioadv.asr_targets.select`); this check takes the next `--n` of them, with grammar
 and open-vocabulary targets built the same way, and runs `cw_ctc` once per step size with the
 benchmark's stop rule (`patience`, 10% of max_iter), every other argument at its default. Per step
 size: success within the budget, first-success iteration (median / max), mean SNR and dB_x of the

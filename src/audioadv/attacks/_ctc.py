@@ -350,7 +350,3 @@ def assemble(x: torch.Tensor, deltas: Sequence[torch.Tensor]) -> torch.Tensor:
     for k, dk in enumerate(deltas):
         d[k, :len(dk)] = dk
     return (x + d).clamp(LOW, HIGH)
-
-
-def now() -> float:
-    return time.perf_counter()
