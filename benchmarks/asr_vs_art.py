@@ -54,11 +54,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audioadv.asr_train import load_utterances, pad_batch
+from audioadv.data.utterances import load_utterances, pad_batch
 from audioadv.attacks import cw_ctc, imperceptible
-from audioadv.attacks._ctc import asr_report
-from audioadv.data.targets import open_targets, select
-from audioadv.models.asr import load_recognizer, recognizer_card, transcribe
+from audioadv.asr_report import asr_report
+from audioadv.asr_targets import open_targets, select
+from audioadv.models import load
+from audioadv.models.asr import recognizer_card, transcribe
 
 INT16 = 1.0 / 32768  # the papers' step sizes and bounds are on the int16 scale
 
@@ -176,14 +177,15 @@ def run_ours(lib, attack, model, clean, targets, args, cw_kwargs: dict, impercep
     advs, info = [], []
     for s in range(0, len(clean), bs):
         wav, lengths = pad_batch([torch.as_tensor(w) for w in clean[s:s + bs]])
-        tg, inf = targets[s:s + bs], {}
+        tg = targets[s:s + bs]
         if attack == "cw":
-            adv = cw_ctc(model, wav, tg, lengths=lengths, stop_after=stop, patience=patience, info=inf, **cw_kwargs)
+            adv, rec = cw_ctc(model, wav, tg, lengths=lengths, stop_after=stop, patience=patience, batch_size=bs,
+                              **cw_kwargs)
         else:
-            adv = imperceptible(model, wav, tg, lengths=lengths, stop_after=stop, patience=patience, info=inf,
-                                **stage2, **imperceptible_kwargs)
+            adv, rec = imperceptible(model, wav, tg, lengths=lengths, stop_after=stop, patience=patience,
+                                     batch_size=bs, **stage2, **imperceptible_kwargs)
         advs += [adv[i, :int(lengths[i])].numpy() for i in range(len(tg))]
-        info += [{"steps": int(a), "first_success": int(b)} for a, b in zip(inf["steps"], inf["iterations"])]
+        info += [{"steps": r["iterations"], "first_success": r["first_success"]} for r in rec]
     return advs, info
 
 
@@ -459,7 +461,7 @@ def main(argv=None) -> int:
     parent = json.loads(args.meta) if args.meta else {"jobs": 1, "argv": list(argv if argv is not None else sys.argv[1:])}
     import art
     model_dir = Path(args.model).resolve()
-    model = load_recognizer(args.model, frozen=True)
+    model, _ = load(args.model, frozen=True)
     data = load_utterances(args.data, "test")
     chosen, originals, gtargets = select(model, data, args.n, args.seed)
     clean_ok = sum(h == o for h, o in zip(transcribe(model, *pad_batch([data.waves[i] for i in chosen])), originals))

@@ -2,7 +2,7 @@
 1000 iterations, how soon, and how loud the result is, on utterances the ART benchmark never uses.
 
 The benchmark (`benchmarks/asr_vs_art.py`) attacks the first `--skip` utterances of the seeded test
-order (`audioadv.data.targets.select`); this check takes the next `--n` of them, with grammar
+order (`audioadv.asr_targets.select`); this check takes the next `--n` of them, with grammar
 and open-vocabulary targets built the same way, and runs `cw_ctc` once per step size with the
 benchmark's stop rule (`patience`, 10% of max_iter), every other argument at its default. Per step
 size: success within the budget, first-success iteration (median / max), mean SNR and dB_x of the
@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audioadv.asr_train import load_utterances, pad_batch
+from audioadv.data.utterances import load_utterances, pad_batch
 from audioadv.attacks import cw_ctc
-from audioadv.attacks._ctc import asr_report
-from audioadv.data.targets import open_targets, select
-from audioadv.models.asr import load_recognizer
+from audioadv.asr_report import asr_report
+from audioadv.asr_targets import open_targets, select
+from audioadv.models import load
 
 INT16 = 1.0 / 32768  # the papers' steps are on the int16 scale
 
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/cw_step_check")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = load_recognizer(args.model)
+    model, _ = load(args.model)
     data = load_utterances(args.data, "test")
     ids, originals, gtargets = select(model, data, args.skip + args.n, args.seed)
     skip = len(select(model, data, args.skip, args.seed)[0])
@@ -57,20 +57,18 @@ def main(argv=None) -> int:
     with open(f"{out}.jsonl", "w") as f:
         for tname in args.targets.split(","):
             for lr in (float(s) for s in args.steps.split(",")):
-                info: dict = {}
                 c0 = time.process_time()
-                adv = cw_ctc(model, wav, target_sets[tname], lengths=lengths, lr=lr, patience=args.patience,
-                             info=info)
+                adv, records = cw_ctc(model, wav, target_sets[tname], lengths=lengths, lr=lr, patience=args.patience)
                 cpu = time.process_time() - c0
-                rep = asr_report(model, wav, adv, target_sets[tname], originals, lengths, info)
+                rep = asr_report(model, wav, adv, target_sets[tname], originals, lengths, records)
                 ok = [r for r in rep if r["success"]]
-                first = [r["iterations"] for r in ok]
+                first = [r["first_success"] for r in ok]
                 row = {"targets": tname, "lr": lr, "n": len(rep), "successes": len(ok),
                        "first_median": float(np.median(first)) if first else None,
                        "first_max": max(first) if first else None,
                        "snr_db": float(np.mean([r["snr_db"] for r in ok])) if ok else None,
                        "db_x": float(np.mean([r["db_x"] for r in ok])) if ok else None,
-                       "steps": int(sum(info["steps"])), "cpu_s": cpu,
+                       "steps": int(sum(r["iterations"] for r in records)), "cpu_s": cpu,
                        "missed": [ids[i] for i, r in enumerate(rep) if not r["success"]]}
                 rows.append(row)
                 print(json.dumps(row), flush=True)

@@ -5,6 +5,7 @@ Letters a-d are tones (300, 700, 1300, 2100 Hz) of 80 ms with a Hann envelope, s
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -47,9 +48,11 @@ def random_texts(n, seed=0, lo=2, hi=5):
     return out
 
 
+@functools.lru_cache(maxsize=None)  # trained once per test session, shared read-only
 def train_toy(steps=80, seed=0):
     torch.manual_seed(seed)
-    model = CTCRecognizer(n_mels=20, channels=32, hidden=32, layers=1, alphabet="abcd", dropout=0.0)
+    model = CTCRecognizer(n_mels=20, channels=32, hidden=32, layers=1, alphabet="abcd", dropout=0.0,
+                          feature_norm="global")
     texts = random_texts(48, seed)
     x, lengths = batch(texts, seed)
     model.set_feature_stats(x, lengths)

@@ -10,7 +10,7 @@ from audioadv.attacks.sparse import HardThreshold, chain, hard_threshold, joint_
 from audioadv.attacks.cw_ctc import cw_ctc
 from audioadv.attacks.imperceptible import imperceptible
 from audioadv.attacks.ipc import ipc
-from audioadv.attacks._ctc import asr_report
+from audioadv.asr_report import asr_report
 from audioadv.models.asr import transcribe
 from audioadv.signal.masking import masking_loss, masking_threshold
 
@@ -103,7 +103,8 @@ def test_sparse_ipc_ranks_in_its_bounds_units_cw_does_not(toy, monkeypatch):
     monkeypatch.setattr(ctc, "joint_score", spy)
     sparse(ipc, 0.4)(model, x, TGT, lengths=lengths, ratio=0.5, lr=3e-3, max_iter=3)
     assert len(seen) == 3 and all(b is not None for b in seen)
-    assert torch.allclose(seen[0], 0.5 * x[:, :seen[0].shape[1]].abs())   # IPC's r |x_i|
+    n = min(x.shape[1], seen[0].shape[1])
+    assert torch.allclose(seen[0][:, :n], 0.5 * x[:, :n].abs())   # IPC's r |x_i|
     seen.clear()
     sparse(cw_ctc, 0.4)(model, x, TGT, lengths=lengths, tau=0.2, lr=3e-3, max_iter=3)
     assert len(seen) == 3 and all(b is None for b in seen)
@@ -126,42 +127,40 @@ def test_schedule_ramps_to_the_target_sparsity():
 
 def test_cw_reaches_target_within_its_bound(toy):
     model, x, lengths = toy
-    info = {}
-    adv = cw_ctc(model, x, TGT, lengths=lengths, tau=0.2, lr=3e-3, max_iter=60, info=info)
-    assert transcribe(model, adv, lengths) == TGT and all(info["success"])
+    adv, rec = cw_ctc(model, x, TGT, lengths=lengths, tau=0.2, lr=3e-3, max_iter=60)
+    assert transcribe(model, adv, lengths) == TGT and all(r["success"] for r in rec)
     d = adv - x
     assert (d.abs().amax(1) <= 0.2 + 1e-6).all()
     assert d[1, int(lengths[1]):].abs().sum() == 0                      # padding untouched
     # tau shrank below its start on success, and the result respects the last successful bound
-    assert all(t < 0.2 for t in info["tau"])
-    rep = asr_report(model, x, adv, TGT, SRC, lengths, info)
+    assert all(r["bound"] < 0.2 for r in rec)
+    rep = asr_report(model, x, adv, TGT, SRC, lengths, rec)
     assert all(r["success"] and r["cer_target"] == 0 and r["cer_original"] > 0 for r in rep)
     assert all(r["snr_db"] > 10 and r["db_x"] < 0 and 0 < r["l0"] <= 1 for r in rep)
-    assert all(0 <= r["iterations"] < 60 for r in rep)
+    assert all(0 <= r["first_success"] <= r["last_success"] < r["iterations"] == 60 for r in rep)
+    assert all(r["attack_success"] and r["seconds"] > 0 and r["loss"] == r["loss"] for r in rep)
     # stop_after: an utterance leaves the batch after that many successes
-    info2 = {}
-    adv2 = cw_ctc(model, x, TGT, lengths=lengths, tau=0.2, lr=3e-3, max_iter=60, stop_after=2, info=info2)
-    assert info2["successes"] == [2, 2] and transcribe(model, adv2, lengths) == TGT
+    adv2, rec2 = cw_ctc(model, x, TGT, lengths=lengths, tau=0.2, lr=3e-3, max_iter=60, stop_after=2)
+    assert [r["successes"] for r in rec2] == [2, 2] and transcribe(model, adv2, lengths) == TGT
+    assert all(r["iterations"] == r["last_success"] + 1 < 60 for r in rec2)
 
 
 def test_patience_stops_once_the_bound_no_longer_shrinks(toy):
     model, x, lengths = toy
-    info = {}
-    adv = cw_ctc(model, x, TGT, lengths=lengths, tau=0.2, lr=3e-3, max_iter=200, patience=5, info=info)
+    adv, rec = cw_ctc(model, x, TGT, lengths=lengths, tau=0.2, lr=3e-3, max_iter=200, patience=5)
     assert transcribe(model, adv, lengths) == TGT
     # each utterance ran until 5 steps after its last success, not the whole budget
-    assert all(s == last + 6 for s, last in zip(info["steps"], info["last_success"]))
-    assert all(s < 200 for s in info["steps"])
+    assert all(r["iterations"] == r["last_success"] + 6 for r in rec)
+    assert all(r["iterations"] < 200 for r in rec)
     assert all(p.requires_grad for p in model.parameters())  # weights unfrozen afterwards
 
 
 def test_ipc_bound_holds_sample_by_sample(toy):
     model, x, lengths = toy
-    info = {}
-    adv = ipc(model, x, TGT, lengths=lengths, ratio=1.0, lr=3e-3, max_iter=60, info=info)
+    adv, rec = ipc(model, x, TGT, lengths=lengths, ratio=1.0, lr=3e-3, max_iter=60)
     assert transcribe(model, adv, lengths) == TGT
     d = adv - x
-    ratios = torch.tensor(info["ratio"])
+    ratios = torch.tensor([r["bound"] for r in rec])
     assert (ratios < 1.0).all()                                         # shrunk on success
     assert (d.abs() <= 1.0 * x.abs() + 1e-7).all()                      # the initial bound, everywhere
     # the returned perturbation was found under a ratio at most 1/shrink of the final one
@@ -171,13 +170,11 @@ def test_ipc_bound_holds_sample_by_sample(toy):
 def test_sparse_wrapper_reaches_target_at_the_sparsity(toy):
     model, x, lengths = toy
     for attack, kw in ((cw_ctc, dict(tau=0.2)), (ipc, dict(ratio=1.0))):
-        info = {}
-        adv = sparse(attack, 0.4, ramp=0.3)(model, x, TGT, lengths=lengths, lr=3e-3, max_iter=60, info=info,
-                                           **kw)
+        adv, rec = sparse(attack, 0.4, ramp=0.3)(model, x, TGT, lengths=lengths, lr=3e-3, max_iter=60, **kw)
         assert transcribe(model, adv, lengths) == TGT, attack.__name__
         nz = ((adv - x) != 0).sum(1)
         assert (nz <= torch.floor(0.6 * lengths)).all()
-        assert all(i >= 18 for i in info["iterations"])                 # only after the ramp (18 steps)
+        assert all(r["first_success"] >= 18 for r in rec)               # only after the ramp (18 steps)
         if attack is ipc:
             assert ((adv - x).abs() <= x.abs() + 1e-7).all()
 
@@ -185,14 +182,14 @@ def test_sparse_wrapper_reaches_target_at_the_sparsity(toy):
 def test_imperceptible_reaches_target_and_lowers_the_masking_loss(toy):
     model, x, lengths = toy
     kw = dict(tau=0.2, lr_stage1=3e-3, max_iter_stage1=40)
-    stage1 = cw_ctc(model, x, TGT, lengths=lengths, tau=0.2, lr=3e-3, max_iter=40, l2_weight=0.0)
-    info = {}
-    adv = imperceptible(model, x, TGT, lengths=lengths, max_iter_stage2=40, lr_stage2=1e-3, info=info, **kw)
-    assert transcribe(model, adv, lengths) == TGT and all(info["stage2_success"])
+    stage1, _ = cw_ctc(model, x, TGT, lengths=lengths, tau=0.2, lr=3e-3, max_iter=40, l2_weight=0.0)
+    adv, rec = imperceptible(model, x, TGT, lengths=lengths, max_iter_stage2=40, lr_stage2=1e-3, **kw)
+    assert transcribe(model, adv, lengths) == TGT and all(r["stage2_success"] for r in rec)
     theta, pmax = masking_threshold(x, lengths=lengths)
     before = masking_loss(stage1 - x, theta, pmax, lengths)
     after = masking_loss(adv - x, theta, pmax, lengths)
     assert (after < before).all()
+    assert [r["masking_loss"] for r in rec] == pytest.approx(after.tolist(), rel=1e-5)
 
 
 def test_imperceptible_stage2_convergence_stop(toy):
@@ -200,12 +197,11 @@ def test_imperceptible_stage2_convergence_stop(toy):
     # not fallen 1% below its best for that many steps; without it stage 2 runs its whole budget
     model, x, lengths = toy
     kw = dict(tau=0.2, lr_stage1=3e-3, max_iter_stage1=40, stop_after=1, max_iter_stage2=300, lr_stage2=1e-3)
-    full, early = {}, {}
-    imperceptible(model, x, TGT, lengths=lengths, info=full, **kw)
-    adv = imperceptible(model, x, TGT, lengths=lengths, info=early, patience_stage2=5, **kw)
-    stage1_steps = [s - 300 for s in full["steps"]]             # the full run spends exactly 300 in stage 2
-    stage2_steps = [e - s1 for e, s1 in zip(early["steps"], stage1_steps)]
-    assert all(early["stage2_success"]) and all(5 <= s < 300 for s in stage2_steps)
+    _, full = imperceptible(model, x, TGT, lengths=lengths, **kw)
+    adv, early = imperceptible(model, x, TGT, lengths=lengths, patience_stage2=5, **kw)
+    stage1_steps = [r["iterations"] - 300 for r in full]          # the full run spends exactly 300 in stage 2
+    stage2_steps = [e["iterations"] - s1 for e, s1 in zip(early, stage1_steps)]
+    assert all(r["stage2_success"] for r in early) and all(5 <= s < 300 for s in stage2_steps)
     assert transcribe(model, adv, lengths) == TGT
     with pytest.raises(ValueError, match="patience_stage2"):
         imperceptible(model, x, TGT, lengths=lengths, patience_stage2=0, **kw)

@@ -36,6 +36,8 @@ def test_attack_asr_writes_adversarial_wavs_and_rows(setup, capsys):
     settings = json.loads((out / "settings.json").read_text())
     assert settings["settings"]["tau"] == 0.2 and settings["settings"]["max_iter"] == 60
     assert settings["settings"]["shrink"] == 0.8  # defaults not given are recorded too
+    assert all(r["iterations"] == 60 and r["seconds"] > 0 for r in rows)  # the attack's own record
+    assert all(0 <= r["first_success"] < 60 for r in rows if r["attack_success"])
     from audioadv.models.asr import load_recognizer
     model = load_recognizer(root / "asr")
     for r in rows:
@@ -46,7 +48,7 @@ def test_attack_asr_writes_adversarial_wavs_and_rows(setup, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["successes"] == sum(r["success"] for r in rows) >= 1
     # a rerun resumes (nothing to do); other settings are refused, naming what differs
-    assert main(args) == 0
+    assert main(args + ["--batch-size", "1"]) == 0        # the batch size changes no result: same settings
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
     assert main(args[:-2] + ["--sparsity", "0.4", "--out", str(out)]) == 2
     assert "sparsity" in capsys.readouterr().err
@@ -105,13 +107,14 @@ def test_attack_asr_names_a_bad_wav(setup, capsys, tmp_path):
 
 
 def test_attack_asr_on_a_hugging_face_folder(tmp_path):
-    # the --hf path: a tiny randomly initialised Wav2Vec2ForCTC saved as a user's local folder
+    # a tiny randomly initialised Wav2Vec2ForCTC saved as a user's local folder, recognised by its config.json
     pytest.importorskip("transformers")
     from _hf_tiny import save_tiny_wav2vec2
     save_tiny_wav2vec2(tmp_path / "hf")
     save(tmp_path / "in.wav", 0.1 * torch.randn(8000), SR, subtype="FLOAT")
     out = tmp_path / "run"
-    assert main(["attack-asr", str(tmp_path / "hf"), "--hf", "--wav", str(tmp_path / "in.wav"), "--target", "eat",
+    assert main(["attack-asr", str(tmp_path / "hf"), "--wav", str(tmp_path / "in.wav"), "--target", "eat",
                  "--max-iter", "3", "--out", str(out)]) == 0
     row = json.loads((out / "results.jsonl").read_text())
     assert row["id"] == "in" and row["target"] == "eat" and (out / row["wav"]).is_file()
+    assert json.loads((out / "settings.json").read_text())["kind"] == "hf-wav2vec2"

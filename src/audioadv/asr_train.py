@@ -3,7 +3,7 @@
 Data are lists of variable-length utterances (`Utterances`: 1-D float waveforms at 16 kHz and
 transcripts). Batches group utterances of similar length (sorted, chunked, chunk order
 shuffled with the seed; 16 s of audio per batch by default), AdamW with a one-cycle learning rate
-(over steps, or over a wall-time budget), gradient clipping at 5; light
+over the training's steps, gradient clipping at 5; light
 augmentation: additive white noise at a random SNR in [15, 40] dB on half of the utterances, a
 random gain and, optionally, a synthetic room response (`reverb`). Runs on any torch device
 (`device="cuda"`: larger `batch_seconds` then, since the GPU is idle on 16 s batches). Validation character error rate every few hundred steps; the best weights are
@@ -13,72 +13,16 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .data.utterances import Utterances, length_batches, pad_batch
 from .metrics.text import cer, wer
 from .models.asr import CTCRecognizer, encode_targets, save_recognizer, transcribe
-
-
-@dataclass
-class Utterances:
-    """Variable-length speech: waveforms (list of 1-D float tensors) and transcripts."""
-
-    waves: list[torch.Tensor]
-    texts: list[str]
-    items: list[dict] = field(default_factory=list)
-    sample_rate: int = 16000
-
-    def __post_init__(self):
-        if len(self.waves) != len(self.texts):
-            raise ValueError(f"Utterances: {len(self.waves)} waveforms but {len(self.texts)} transcripts")
-
-    def __len__(self) -> int:
-        return len(self.waves)
-
-    def subset(self, index: Sequence[int]) -> "Utterances":
-        return Utterances([self.waves[i] for i in index], [self.texts[i] for i in index],
-                          [self.items[i] for i in index] if self.items else [], self.sample_rate)
-
-    def __add__(self, other: "Utterances") -> "Utterances":
-        items = (self.items or [{}] * len(self)) + (other.items or [{}] * len(other))
-        return Utterances(self.waves + other.waves, self.texts + other.texts, items, self.sample_rate)
-
-    def batch(self, index: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """Zero-padded (B, T_max) waveforms, lengths (B,) and transcripts."""
-        return pad_batch([self.waves[i] for i in index]) + ([self.texts[i] for i in index],)
-
-
-def pad_batch(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
-    out = torch.zeros(len(waves), int(lengths.max()))
-    for i, w in enumerate(waves):
-        out[i, :len(w)] = torch.as_tensor(w, dtype=torch.float32)
-    return out, lengths
-
-
-def length_batches(lengths: Sequence[int], max_samples: int, seed: int) -> list[list[int]]:
-    """Indices grouped by similar length so that each padded batch holds <= max_samples samples."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches, cur, cur_max = [], [], 0
-    for i in order:
-        m = max(cur_max, lengths[i])
-        if cur and m * (len(cur) + 1) > max_samples:
-            batches.append(cur)
-            cur, m = [], lengths[i]
-        cur.append(i)
-        cur_max = m
-    if cur:
-        batches.append(cur)
-    random.Random(seed).shuffle(batches)
-    return batches
 
 
 def evaluate(model, data: Utterances, *, batch_size: int = 32, beam_width: int = 0) -> dict:
@@ -147,8 +91,8 @@ def one_cycle(frac: float, lr: float, pct_start: float = 0.15, final: float = 1e
     return lr * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * f)))
 
 
-def train_recognizer(train: Utterances, val: Utterances, out: str | Path, *, epochs: int = 30,
-                     minutes: float | None = None, lr: float = 2e-3, batch_seconds: float = 16.0,
+def train_recognizer(train: Utterances, val: Utterances, out: str | Path, *, epochs: int = 8,
+                     max_steps: int | None = None, lr: float = 2e-3, batch_seconds: float = 16.0,
                      seed: int = 0, model: CTCRecognizer | None = None, model_kwargs: dict | None = None,
                      val_limit: int = 300, stop_epoch: int | None = None, eval_every: int = 500,
                      pct_start: float = 0.15, reverb: float = 0.0, device: str | torch.device = "cpu",
@@ -157,10 +101,9 @@ def train_recognizer(train: Utterances, val: Utterances, out: str | Path, *, epo
 
     `batch_seconds` of audio per batch (small batches, many steps: 16 s learns several times
     faster per CPU second than 160 s). The learning rate follows `one_cycle` over the
-    training: over `epochs` epochs, or, when `minutes` is given, over that wall time (the
-    schedule follows the clock, training stops when it runs out, even mid-epoch; `epochs` is
-    then only a cap). `stop_epoch` ends training after that epoch while keeping the schedule of
-    `epochs`. Validation (and a checkpoint when it improves) every `eval_every` steps and at
+    training: over `epochs` epochs, or, when `max_steps` is given, over that many optimiser steps
+    (training stops after them, even mid-epoch; `epochs` is then only a cap). `stop_epoch` ends
+    training after that epoch while keeping the schedule. Validation (and a checkpoint when it improves) every `eval_every` steps and at
     the end of each epoch. `reverb`: probability of an online room response per utterance
     (RT60 uniform in 0.1-0.6 s). `device`: where the model trains (the data stay on the CPU and
     go over batch by batch). Returns the best model (on the CPU) and a summary (best CER, epochs,
@@ -178,17 +121,18 @@ def train_recognizer(train: Utterances, val: Utterances, out: str | Path, *, epo
     max_samples = int(batch_seconds * train.sample_rate)
     lengths = [len(w) for w in train.waves]
     steps_per_epoch = len(length_batches(lengths, max_samples, seed))
-    total_steps = steps_per_epoch * epochs
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"train_recognizer: max_steps must be at least 1, got {max_steps}")
+    total_steps = steps_per_epoch * epochs if max_steps is None else max_steps
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     g = torch.Generator(device=device).manual_seed(seed)
     val_sub = val.subset(list(range(min(len(val), val_limit))))
     best, best_cer, step, t0 = None, math.inf, 0, time.time()
     log_path = out / "train_log.jsonl"
     log_path.write_text("")
-    budget = None if minutes is None else minutes * 60.0
 
     def progress() -> float:
-        return (time.time() - t0) / budget if budget else step / total_steps
+        return step / total_steps
 
     def validate(epoch: int, run_loss: float, cur_lr: float) -> None:
         nonlocal best, best_cer
@@ -228,8 +172,9 @@ def train_recognizer(train: Utterances, val: Utterances, out: str | Path, *, epo
             lv = float(loss.detach())
             run_loss = 0.98 * run_loss + 0.02 * lv if step > 1 else lv
             bar.set_postfix(loss=f"{run_loss:.3f}")
-            if budget is not None and time.time() - t0 > budget:
-                log(f"time budget of {minutes} min reached in epoch {epoch + 1} after {step} steps")
+            if step >= total_steps:
+                if max_steps is not None:
+                    log(f"{max_steps} steps reached in epoch {epoch + 1}")
                 done = True
                 break
             if eval_every and step % eval_every == 0:
@@ -244,31 +189,3 @@ def train_recognizer(train: Utterances, val: Utterances, out: str | Path, *, epo
     model = model.cpu().eval()
     return model, {"best_val_cer": best_cer, "epochs": epoch + 1, "steps": step,
                    "train_seconds": round(time.time() - t0, 1), "device": str(device)}
-
-
-def load_utterances(spec: str, split: str, *, limit: int | None = None) -> Utterances:
-    """Utterances with transcripts from any dataset spec whose items carry a "text"
-    (synth-phrases, synth-phrases?source=open, librispeech:PATH, manifest:PATH with text).
-
-    Waves are cut to each item's `num_samples` (left-aligned sets) so no padding is kept.
-    """
-    from .data import load_dataset
-    from .data import phrases_open  # noqa: F401  (registers the open-vocabulary text sources)
-
-    name = spec.split("?")[0].split(":")[0]
-    kwargs = {"input_length": None} if name in ("synth-phrases",) else {}
-    if name == "librispeech":
-        kwargs = {"input_length": None, "align": "start"}
-        split = {"val": "test"}.get(split, split)
-    ds = load_dataset(spec, split, **kwargs)
-    if not ds.items or "text" not in ds.items[0]:
-        raise ValueError(f"dataset {spec!r} has no transcripts (items need a 'text' field)")
-    waves, texts, items = [], [], []
-    n = len(ds) if limit is None else min(limit, len(ds))
-    for i in range(n):
-        it = ds.items[i]
-        k = int(it.get("num_samples", ds.waves.shape[1]))
-        waves.append(ds.waves[i, :k].clone())
-        texts.append(it["text"])
-        items.append({**it, "spec": spec, "split": split, "index": i})
-    return Utterances(waves, texts, items, ds.sample_rate)

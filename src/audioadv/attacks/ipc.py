@@ -23,31 +23,42 @@ import torch
 from . import _ctc
 
 
-def ipc(model, inputs, labels: Sequence[str], *, targeted: bool = True, lengths=None, ratio: float = 0.5,
-        shrink: float = 0.9, lr: float = 1e-3, max_iter: int = 1000, c: float = 1.0, l2_weight: float = 1.0,
-        project=None, stop_after: int | None = None, patience: int | None = None,
-        info: dict | None = None):
-    """IPC (Zhang et al. 2020), batched; arguments as `cw_ctc`, with the proportional bound
-    |delta_i| <= ratio * |x_i| sample by sample (ratio shrinks by `shrink` on each success).
-    info gets the final per-utterance ratio. stop_after / patience: as `cw_ctc`. Returns the
-    adversarial inputs.
-    """
-    t0 = _ctc.now()
-    x, lengths, mask, rebuild = _ctc.prepare(model, inputs, labels, lengths, "ipc")
-    r = torch.full((len(x),), float(ratio), dtype=x.dtype, device=x.device)
-    ax = x.abs()
+class _ProportionalBox(_ctc.Hooks):
+    """|delta_i| <= r |x_i| sample by sample; r <- shrink * r on success."""
 
-    def box(d):
-        lim = r[:, None] * ax
+    def __init__(self, n: int, ratio: float, shrink: float, like: torch.Tensor):
+        self.ratio = torch.full((n,), float(ratio), dtype=like.dtype, device=like.device)
+        self.shrink = shrink
+        self._x, self._ax = None, None
+
+    def limits(self, rows, x):  # the per-sample bounds, for the sparse l0 step's ranking
+        if self._x is not x:  # |x| once per batch layout, not every step
+            self._x, self._ax = x, x.abs()
+        return self.ratio[rows][:, None] * self._ax
+
+    def box(self, d, rows, x):
+        lim = self.limits(rows, x)
         return torch.maximum(torch.minimum(d, lim), -lim)
 
-    box.limits = lambda: r[:, None] * ax  # the per-sample bounds, for the sparse l0 step's ranking
+    def on_success(self, ok, d, rows):
+        idx = torch.tensor(rows, device=d.device)[ok]
+        self.ratio[idx] = self.ratio[idx] * self.shrink
 
-    def on_success(ok, d):
-        r[ok] = r[ok] * shrink
+    def record(self, i):
+        return {"bound": float(self.ratio[i])}
 
-    tracker = _ctc.optimize(model, x, lengths, mask, labels, targeted=targeted, box=box, on_success=on_success,
-                            lr=lr, max_iter=max_iter, c=c, l2_weight=l2_weight, project=project,
-                            stop_after=stop_after, patience=patience)
-    _ctc.fill_info(info, tracker, _ctc.now() - t0, ratio=r.tolist())
-    return _ctc.finish(tracker, x, rebuild)
+
+def ipc(model, inputs, labels: Sequence[str], *, lengths=None, targeted: bool = True, ratio: float = 0.5,
+        shrink: float = 0.9, lr: float = 1e-3, max_iter: int = 1000, c: float = 1.0, l2_weight: float = 1.0,
+        project=None, stop_after: int | None = None, patience: int | None = None,
+        batch_size: int = _ctc.BATCH_SIZE):
+    """IPC (Zhang et al. 2020), batched; arguments as `cw_ctc`, with the proportional bound
+    |delta_i| <= ratio * |x_i| sample by sample (ratio shrinks by `shrink` on each success).
+    Returns (adversarial inputs, records); a record's `bound` is the final ratio.
+    """
+    x, lengths, mask, rebuild = _ctc.prepare(model, inputs, labels, lengths, "ipc")
+    hooks = _ProportionalBox(len(x), ratio, shrink, x)
+    best, records = _ctc.optimize(model, x, lengths, labels, targeted=targeted, hooks=hooks, lr=lr,
+                                  max_iter=max_iter, c=c, l2_weight=l2_weight, project=project,
+                                  batch_size=batch_size, stop_after=stop_after, patience=patience)
+    return rebuild(_ctc.assemble(x, best)), records

@@ -40,7 +40,7 @@ be arbitrary).
 `sparse(attack, sparsity=0.4)` returns the same attack with the projection hooked in: works for
 `cw_ctc`, `imperceptible`, `ipc` (their `project=` argument) and `pgd` (same hook). The budget
 and stop rule are the base attack's own, so a study that compares dense and sparse runs with the
-same keyword arguments compares them at the same budget (`scripts/reproduce_sparse.py`).
+same keyword arguments compares them at the same budget.
 """
 from __future__ import annotations
 
@@ -93,21 +93,26 @@ class HardThreshold:
     def ramp_steps(self, total: int) -> int:
         return max(1, math.ceil(self.ramp * total))
 
-    def sparsity_at(self, step: int, total: int) -> float:
+    def sparsity_at(self, step, total: int):
+        """Sparsity at `step` (an int, or a tensor of per-row steps)."""
+        if torch.is_tensor(step):
+            return self.sparsity * ((step.to(torch.float64) + 1) / self.ramp_steps(total)).clamp(max=1.0)
         return self.sparsity * min(1.0, (step + 1) / self.ramp_steps(total))
 
     def ready_step(self, total: int) -> int:
         """First step whose projection uses the target sparsity."""
         return self.ramp_steps(total) - 1
 
-    def keep(self, lengths: torch.Tensor, step: int, total: int) -> torch.Tensor:
+    def keep(self, lengths: torch.Tensor, step, total: int) -> torch.Tensor:
         s = self.sparsity_at(step, total)
+        if torch.is_tensor(s):
+            s = s.to(lengths.device)
         return torch.floor((1.0 - s) * lengths.to(torch.float64) + 1e-9).long()
 
     # the ASR loop passes `score=joint_score(...)` to hooks that declare this (module docstring)
     joint_box = True
 
-    def __call__(self, delta: torch.Tensor, *, step: int, total: int, lengths=None,
+    def __call__(self, delta: torch.Tensor, *, step, total: int, lengths=None,
                  score: torch.Tensor | None = None) -> torch.Tensor:
         d = delta if delta.dim() == 2 else delta.flatten(1)
         n = torch.full((d.shape[0],), d.shape[1], dtype=torch.long, device=d.device) if lengths is None \
@@ -134,7 +139,7 @@ def joint_score(raw: torch.Tensor, clipped: torch.Tensor, metric: torch.Tensor |
     it relative to what its bound allows, not for how loud its bound is: the Euclidean gain
     c_i (2 |raw_i| - c_i) ~ b_i^2 at the bound would keep the loudest samples, which hold nearly all
     of the perturbation's energy, so the l0 step could hardly make IPC quieter (measured: sparse
-    0.4 -0.09 dB vs dense over 47 utterances; see notes/sparse-300.md). A uniform bound divides
+    0.4 -0.09 dB vs dense over 47 utterances). A uniform bound divides
     every gain of a row by the same number (same ranking), so CW passes none. The budget is never
     spent on samples whose bound is 0.
 
@@ -178,7 +183,7 @@ def sparse(attack, sparsity: float = 0.4, *, ramp: float = 0.1):
     every iteration, reached with the linear `ramp` schedule (module docstring).
 
     The returned function has the attack's signature; a `project=` given to it runs before the
-    l0 step. Example: `sparse(cw_ctc, 0.4)(model, wav, targets, lengths=lengths)`.
+    l0 step. Example: `adv, records = sparse(cw_ctc, 0.4)(model, wav, targets, lengths=lengths)`.
     """
     hook = HardThreshold(sparsity, ramp)
 

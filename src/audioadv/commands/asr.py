@@ -4,25 +4,33 @@
     audioadv train-asr --data librispeech:PATH --out runs/asr-libri
     audioadv eval-asr runs/asr --data synth-phrases --split test
 
-The shipped `runs/asr` (59 min on one CPU core; notes/asr-train.md, results/asr_train.md):
+Training stops by epochs or optimiser steps (`--steps`; the one-cycle schedule then runs over
+them), never by the clock. A repeated --data spec is oversampled (the second stage of the
+shipped recipe sees the grammar three times):
 
-    audioadv train-asr --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --minutes 47 --epochs 100 --out runs/asr-v2
-    audioadv train-asr --init runs/asr-v2 --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --minutes 12 --lr 7e-4 --epochs 100 --out runs/asr
+    audioadv train-asr --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --steps 14144 --epochs 100 --out runs/asr-v2
+    audioadv train-asr --init runs/asr-v2 --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --steps 3552 --lr 7e-4 --epochs 100 --out runs/asr
 
-(repeating a --data spec oversamples it: the second stage sees the grammar three times).
-
-The recogniser that meets issue 4's error-rate bars (`runs/asr-gpu`, test CER 0.0145 grammar / 0.083
-open-unseen; 3.4 + 3.2 min on one H200; notes/asr-gpu.md) is the Makefile rule
-`runs/asr-gpu/model.safetensors`: the same two stages on a GPU (`--device cuda`), with a 3-layer
-BiGRU of 256 (`--hidden 256 --layers 3`), 192 s batches, 40,000 open sentences and `--reverb 0.3`.
+Every option not given takes the default of `asr_train.train_recognizer` / `CTCRecognizer` /
+`asr_train.evaluate`.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import shlex
 import sys
 import time
 from pathlib import Path
+
+# train-asr options that are train_recognizer's keyword arguments, and those of CTCRecognizer
+TRAIN_OPTIONS = ("epochs", "max_steps", "stop_epoch", "lr", "batch_seconds", "eval_every", "reverb", "val_limit",
+                 "seed")
+MODEL_OPTIONS = ("hidden", "layers", "channels", "n_mels", "feature_norm")
+
+
+def library_default(fn, name: str):
+    return inspect.signature(fn).parameters[name].default
 
 
 def register(sub) -> None:
@@ -30,44 +38,41 @@ def register(sub) -> None:
                        description="Train audioadv.models.asr.CTCRecognizer on datasets with transcripts. "
                                    "Each --data spec contributes its train split; validation uses their val "
                                    "split (the test split for LibriSpeech folders). A repeated --data spec is "
-                                   "oversampled. Defaults: 16 s batches, AdamW one-cycle at 2e-3, per-utterance "
-                                   "log-mel normalisation; --minutes sets a wall-time schedule.")
+                                   "oversampled. Every option not given is train_recognizer's / CTCRecognizer's "
+                                   "default (AdamW, one-cycle learning rate over the epochs or --steps).")
     p.add_argument("--data", action="append", help="dataset spec; repeat to mix (default: synth-phrases "
                                                    "grammar and open-vocabulary sentences)")
     p.add_argument("--out", default="runs/asr")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--minutes", type=float, default=None,
-                   help="wall-time budget: the one-cycle schedule follows the clock and training stops "
-                        "when it runs out (--epochs is then only a cap)")
-    p.add_argument("--stop-epoch", type=int, default=None,
-                   help="stop after this epoch, keeping the learning-rate schedule of --epochs")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--batch-seconds", type=float, default=16.0,
-                   help="seconds of audio per batch (small batches = many optimiser steps; 16 s learns "
-                        "several times faster per CPU second than 160 s)")
-    p.add_argument("--eval-every", type=int, default=500, help="validate (and checkpoint the best) every N steps")
-    p.add_argument("--feature-norm", choices=["utterance", "global"], default="utterance",
-                   help="log-mel normalisation: per utterance and mel (default; gain/voice invariant) or "
-                        "fixed training-set statistics only (the session-1 model)")
-    p.add_argument("--reverb", type=float, default=0.0,
-                   help="probability of an online synthetic room response per training utterance (RT60 0.1-0.6 s)")
-    p.add_argument("--device", default="cpu", help="torch device to train on: cpu (default), cuda, cuda:1, auto")
-    p.add_argument("--hidden", type=int, default=160)
-    p.add_argument("--layers", type=int, default=2, help="bidirectional GRU layers")
-    p.add_argument("--channels", type=int, default=192)
-    p.add_argument("--n-mels", type=int, default=40)
-    p.add_argument("--val-limit", type=int, default=300, help="validation utterances (an even share of every set)")
+    p.add_argument("--epochs", type=int, help="epochs (with --steps only a cap)")
+    p.add_argument("--steps", dest="max_steps", type=int, metavar="N",
+                   help="optimiser steps: the one-cycle schedule runs over them and training stops after them")
+    p.add_argument("--stop-epoch", type=int, help="stop after this epoch, keeping the learning-rate schedule")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--batch-seconds", type=float,
+                   help="seconds of audio per batch (small batches = many optimiser steps per CPU second)")
+    p.add_argument("--eval-every", type=int, help="validate (and checkpoint the best) every N steps")
+    p.add_argument("--feature-norm", choices=["utterance", "global"],
+                   help="log-mel normalisation: per utterance and mel (gain/voice invariant) or fixed "
+                        "training-set statistics only")
+    p.add_argument("--reverb", type=float,
+                   help="probability of an online synthetic room response per training utterance")
+    p.add_argument("--device", help="torch device to train on: cpu, cuda, cuda:1, auto (default: cpu)")
+    p.add_argument("--hidden", type=int, help="GRU width")
+    p.add_argument("--layers", type=int, help="bidirectional GRU layers")
+    p.add_argument("--channels", type=int, help="convolution channels")
+    p.add_argument("--n-mels", type=int, help="log-mel bands")
+    p.add_argument("--val-limit", type=int, help="validation utterances (an even share of every set)")
     p.add_argument("--init", help="start from this checkpoint folder (continue training; sizes from its config)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("eval-asr", help="character / word error rate of a speech recogniser checkpoint")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="recogniser folder (audioadv's or a Hugging Face Wav2Vec2ForCTC folder)")
     e.add_argument("--data", action="append", help="dataset spec(s) (default: synth-phrases and open-unseen)")
     e.add_argument("--split", default="test")
     e.add_argument("--limit", type=int, default=None, help="first N utterances of each set")
-    e.add_argument("--beam", type=int, default=0, help="beam width (0: greedy)")
+    e.add_argument("--beam", type=int, help="beam width (0 or 1: greedy; default: evaluate's)")
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, auto")
     e.add_argument("--json", help="write the results (with hypotheses) to this file")
@@ -107,12 +112,26 @@ DEFAULT_TRAIN = ["synth-phrases?n=4000", "synth-phrases?source=open&n=9000"]
 DEFAULT_EVAL = ["synth-phrases", "synth-phrases?source=open-unseen&n=2000"]
 
 
+def load_recognizer_checkpoint(path):
+    """A speech recogniser from any checkpoint folder `models.load` reads, with a clear error otherwise."""
+    from ..models import load
+    model, cfg = load(path)
+    if not hasattr(model, "frame_logits"):
+        raise ValueError(f"{path}: a {cfg['kind']} checkpoint, not a speech recogniser")
+    return model, cfg
+
+
 def run_train(args) -> int:
     import torch
-    from ..asr_train import load_utterances, train_recognizer
+    from ..asr_train import train_recognizer
+    from ..data.utterances import load_utterances
 
     torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    train_kw = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
+    model_kw = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
+    if args.device is not None:
+        train_kw["device"] = resolve_device(args.device)
+    device = torch.device(train_kw.get("device", library_default(train_recognizer, "device")))
     specs = args.data or DEFAULT_TRAIN
     t0 = time.time()
     train = val = None
@@ -122,25 +141,21 @@ def run_train(args) -> int:
         val = va if val is None else val + va
         print(f"{spec}: {len(tr)} train, {len(va)} val utterances", flush=True)
     # validation: an even share of every set
-    step = max(1, len(val) // args.val_limit)
+    step = max(1, len(val) // train_kw.get("val_limit", library_default(train_recognizer, "val_limit")))
     val = val.subset(list(range(0, len(val), step)))
     print(f"data ready in {time.time() - t0:.0f} s", flush=True)
     init = None
     if args.init:
-        from ..models.asr import load_recognizer
-        init = load_recognizer(args.init)
+        if model_kw:
+            raise ValueError(f"--init takes the recogniser's sizes from {args.init}; drop "
+                             + ", ".join("--" + k.replace("_", "-") for k in model_kw))
+        init, _ = load_recognizer_checkpoint(args.init)
         print(f"starting from {args.init}", flush=True)
-    model, summary = train_recognizer(
-        train, val, args.out, epochs=args.epochs, minutes=args.minutes, lr=args.lr, model=init,
-        batch_seconds=args.batch_seconds, seed=args.seed, val_limit=args.val_limit, stop_epoch=args.stop_epoch,
-        eval_every=args.eval_every, reverb=args.reverb, device=device,
-        model_kwargs=dict(hidden=args.hidden, channels=args.channels, n_mels=args.n_mels, layers=args.layers,
-                          feature_norm=args.feature_norm))
+    model, summary = train_recognizer(train, val, args.out, model=init, model_kwargs=model_kw, **train_kw)
     summary.update(command=shlex.join(["audioadv"] + sys.argv[1:]), data=specs, train_utterances=len(train),
-                   threads=args.threads, init=args.init,
-                   batch_seconds=args.batch_seconds, lr=args.lr, minutes=args.minutes, reverb=args.reverb,
+                   threads=args.threads, init=args.init, settings={k: str(v) for k, v in train_kw.items()},
                    gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                   feature_norm=model.config.get("feature_norm", "global"))
+                   feature_norm=model.config.get("feature_norm"))
     Path(args.out, "train_summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return 0
@@ -148,24 +163,27 @@ def run_train(args) -> int:
 
 def run_eval(args) -> int:
     import torch
-    from ..asr_train import evaluate, load_utterances
-    from ..models.asr import load_recognizer
+    from ..asr_train import evaluate
+    from ..data.utterances import load_utterances
 
     torch.set_num_threads(args.threads)
-    model = load_recognizer(args.checkpoint).to(resolve_device(args.device))
+    model, _ = load_recognizer_checkpoint(args.checkpoint)
+    model = model.to(resolve_device(args.device))
+    eval_kw = {} if args.beam is None else {"beam_width": args.beam}
+    beam = eval_kw.get("beam_width", library_default(evaluate, "beam_width"))
     results = {}
     for spec in args.data or DEFAULT_EVAL:
         data = load_utterances(spec, args.split, limit=args.limit)
         t0 = time.time()
-        res = evaluate(model, data, beam_width=args.beam)
+        res = evaluate(model, data, **eval_kw)
         res["seconds"] = round(time.time() - t0, 1)
         res["references"] = [model.normalize_text(t) for t in data.texts]
         res["subsets"] = subset_error_rates(data.items, res["references"], res["hypotheses"])
         res.update(checkpoint=str(args.checkpoint), split=args.split,
-                   decoding=f"beam {args.beam}" if args.beam > 1 else "greedy",
+                   decoding=f"beam {beam}" if beam > 1 else "greedy",
                    command=shlex.join(["audioadv"] + sys.argv[1:]))
         results[spec] = res
-        print(f"{spec} [{args.split}, {res['n']} utterances, {'beam ' + str(args.beam) if args.beam > 1 else 'greedy'}]: "
+        print(f"{spec} [{args.split}, {res['n']} utterances, {'beam ' + str(beam) if beam > 1 else 'greedy'}]: "
               f"CER {res['cer']:.4f}  WER {res['wer']:.4f}", flush=True)
         for name, sub in res["subsets"].items():
             print(f"    {name}: {sub['n']} utterances, CER {sub['cer']:.4f}  WER {sub['wer']:.4f}", flush=True)

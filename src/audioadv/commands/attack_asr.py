@@ -5,9 +5,9 @@ sparse), on WAV files or on a dataset with transcripts, with per-utterance resul
     audioadv attack-asr runs/asr --data synth-phrases --n 20 --attack ipc --sparsity 0.4 --out runs/adv-ipc
     audioadv attack-asr runs/asr --data synth-phrases --n 20 --target-set open --out runs/adv-open
 
-Writes OUT/adv/<id>.wav, OUT/results.jsonl (one row per utterance, written as each batch finishes:
-decoded text, success, WER / CER to the target and to the original, SNR, dB_x, l0, l_inf,
-iterations, seconds), OUT/settings.json and OUT/summary.json. A rerun with the same settings resumes
+Writes OUT/adv/<id>.wav, OUT/results.jsonl (one row per utterance, written after every --save-every
+utterances: decoded text, success, WER / CER to the target and to the original, SNR, dB_x, l0,
+l_inf, and the attack's record: first success, iterations, final bound, seconds), OUT/settings.json and OUT/summary.json. A rerun with the same settings resumes
 (utterances already in results.jsonl are skipped); other settings are refused unless --force.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 import json
 import sys
-import time
 from pathlib import Path
 
 ATTACKS = ("cw", "imperceptible", "ipc")
@@ -26,8 +25,8 @@ def register(sub) -> None:
                        description="Run a targeted attack of audioadv.attacks (cw_ctc, imperceptible, ipc), optionally "
                                    "sparse (audioadv.attacks.sparse), on WAV files or dataset utterances, in padded "
                                    "batches of similar length. Every hyper-parameter not given is the attack's default.")
-    p.add_argument("checkpoint", help="recogniser folder: audioadv's (model.safetensors + config.json) or, with --hf, "
-                                      "a local Hugging Face Wav2Vec2ForCTC folder")
+    p.add_argument("checkpoint", help="recogniser folder: audioadv's (model.safetensors + config.json) or a local "
+                                      "Hugging Face Wav2Vec2ForCTC folder (recognised by its config.json)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--attack", choices=ATTACKS, default="cw")
     p.add_argument("--sparsity", type=float, default=0.0, help="fraction of samples the perturbation must leave "
@@ -51,8 +50,10 @@ def register(sub) -> None:
     a.add_argument("--max-iter-stage2", type=int, help="imperceptible: stage-2 iterations")
     a.add_argument("--patience-stage2", type=int, help="imperceptible: leave stage 2 once the masking loss has not "
                                                       "improved by 1%% for this many steps")
-    p.add_argument("--batch-size", type=int, default=16, help="utterances per padded batch")
-    p.add_argument("--hf", action="store_true", help="the checkpoint is a Hugging Face Wav2Vec2ForCTC folder")
+    p.add_argument("--batch-size", type=int, help="utterances optimised together; a finished one's slot goes to the "
+                                                  "next (the results do not depend on it; default: the attack's)")
+    p.add_argument("--save-every", type=int, default=64,
+                   help="utterances per attack call: results.jsonl is written after each, so a rerun resumes there")
     p.add_argument("--pcm16", action="store_true",
                    help="write 16-bit PCM WAVs and re-transcribe the written files (default: float32, bit-exact)")
     p.add_argument("--seed", type=int, default=0)
@@ -72,7 +73,8 @@ def attack_function(name: str, sparsity: float):
 def attack_kwargs(args, fn) -> dict:
     """The settings given on the command line, under the attack's own argument names."""
     names = {"max_iter": "max_iter", "lr": "lr", "tau": "tau", "ratio": "ratio", "patience": "patience",
-             "stop_after": "stop_after", "max_iter_stage2": "max_iter_stage2", "patience_stage2": "patience_stage2"}
+             "stop_after": "stop_after", "max_iter_stage2": "max_iter_stage2", "patience_stage2": "patience_stage2",
+             "batch_size": "batch_size"}
     if args.attack == "imperceptible":
         names.update(max_iter="max_iter_stage1", lr="lr_stage1")
     params = inspect.signature(fn).parameters
@@ -88,10 +90,11 @@ def attack_kwargs(args, fn) -> dict:
 
 
 def resolved_settings(fn, kwargs: dict) -> dict:
-    """Every keyword default of the attack with the given ones applied (written to settings.json)."""
+    """Every keyword default of the attack with the given ones applied (written to settings.json;
+    not batch_size, which does not change the results)."""
     out = {}
     for name, prm in inspect.signature(fn).parameters.items():
-        if prm.kind is prm.KEYWORD_ONLY and name not in ("lengths", "info", "project"):
+        if prm.kind is prm.KEYWORD_ONLY and name not in ("lengths", "project", "batch_size"):
             value = kwargs.get(name, prm.default)
             out[name] = value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
     return out
@@ -130,8 +133,8 @@ def load_inputs(args, model):
             uid = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
             out.append((uid, load(path, sr), None, target, {"path": str(path)}))
         return out
-    from ..asr_train import load_utterances
-    from ..data.targets import open_targets, select
+    from ..asr_targets import open_targets, select
+    from ..data.utterances import load_utterances
     if args.n < 1:
         raise ValueError("--n must be at least 1")
     data = load_utterances(args.data, args.split)
@@ -148,23 +151,22 @@ def run_attack_asr(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..asr_train import pad_batch
-    from ..attacks._ctc import asr_report
+    from ..asr_report import asr_report
+    from ..data.utterances import pad_batch
     from ..io import load, save
-    from ..models.asr import load_recognizer, transcribe
+    from ..models import load as load_model
+    from ..models.asr import transcribe
     from ..results import dumps, json_safe
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
-    if args.hf:
-        from ..models.asr import HFWav2Vec2Recognizer
-        if not Path(args.checkpoint).is_dir():
-            raise FileNotFoundError(f"Hugging Face recogniser folder not found: {args.checkpoint}")
-        model = HFWav2Vec2Recognizer.from_pretrained(args.checkpoint)
-    else:
-        model = load_recognizer(args.checkpoint)
+    if args.save_every < 1:
+        raise ValueError("--save-every must be at least 1")
+    model, cfg = load_model(args.checkpoint)
+    if not hasattr(model, "frame_logits"):
+        raise ValueError(f"{args.checkpoint}: a {cfg['kind']} checkpoint, not a speech recogniser")
     fn, base = attack_function(args.attack, args.sparsity)
     kwargs = attack_kwargs(args, base)
     inputs = load_inputs(args, model)
@@ -173,10 +175,9 @@ def run_attack_asr(args) -> int:
             raise ValueError(f"target {target!r} (input {uid}) has no character the recogniser knows")
 
     out = Path(args.out)
-    settings = {"checkpoint": str(args.checkpoint), "hf": args.hf, "attack": args.attack, "sparsity": args.sparsity,
-                "settings": resolved_settings(base, kwargs), "inputs": [i[0] for i in inputs],
-                "targets": [i[3] for i in inputs], "batch_size": args.batch_size, "pcm16": args.pcm16,
-                "seed": args.seed}
+    settings = {"checkpoint": str(args.checkpoint), "kind": cfg["kind"], "attack": args.attack,
+                "sparsity": args.sparsity, "settings": resolved_settings(base, kwargs), "inputs": [i[0] for i in inputs],
+                "targets": [i[3] for i in inputs], "pcm16": args.pcm16, "seed": args.seed}
     results = out / "results.jsonl"
     done: dict[str, dict] = {}
     if (out / "settings.json").is_file() and not args.force:
@@ -199,7 +200,7 @@ def run_attack_asr(args) -> int:
     todo = sorted((i for i in inputs if i[0] not in done), key=lambda i: len(i[1]))
     if done:
         print(f"resuming: {len(done)} of {len(inputs)} utterances already in {results}", file=sys.stderr)
-    batches = [todo[k:k + args.batch_size] for k in range(0, len(todo), args.batch_size)]
+    batches = [todo[k:k + args.save_every] for k in range(0, len(todo), args.save_every)]
     sr = int(getattr(model, "sample_rate", 16000))
     with open(results, "a") as fh:
         for batch in tqdm(batches, desc=f"attack-asr {args.attack}", unit="batch", disable=not batches):
@@ -207,17 +208,13 @@ def run_attack_asr(args) -> int:
             targets = [b[3] for b in batch]
             clean_hyps = transcribe(model, wav, lengths)
             originals = [b[2] if b[2] is not None else h for b, h in zip(batch, clean_hyps)]
-            info: dict = {}
-            t0 = time.perf_counter()
-            adv = fn(model, wav, targets, lengths=lengths, info=info, **kwargs)
-            seconds = time.perf_counter() - t0
-            rows = asr_report(model, wav, adv, targets, originals, lengths, info)
+            adv, records = fn(model, wav, targets, lengths=lengths, **kwargs)
+            rows = asr_report(model, wav, adv, targets, originals, lengths, records)
             for j, (b, row, hyp) in enumerate(zip(batch, rows, clean_hyps)):
                 uid, n = b[0], row["num_samples"]
                 path = out / "adv" / f"{uid}.wav"
                 save(path, adv[j, :n], sr, subtype="PCM_16" if args.pcm16 else "FLOAT")
-                row = {"id": uid, **b[4], "clean_decoded": hyp, **row, "batch_seconds": seconds,
-                       "wav": str(path.relative_to(out))}
+                row = {"id": uid, **b[4], "clean_decoded": hyp, **row, "wav": str(path.relative_to(out))}
                 if args.pcm16:  # what a listener gets: the quantised file, decoded again
                     again = transcribe(model, load(path, sr)[None], torch.tensor([n]))[0]
                     row["decoded_saved"], row["success_saved"] = again, again == row["target"]
@@ -232,7 +229,8 @@ def run_attack_asr(args) -> int:
         return float(np.mean(vals)) if vals else None
     summary = {"utterances": len(rows), "successes": len(ok), "success_rate": len(ok) / max(len(rows), 1),
                "mean_snr_db": mean("snr_db", ok), "mean_db_x": mean("db_x", ok), "mean_l0": mean("l0", ok),
-               "mean_iterations": mean("iterations", ok) if ok and "iterations" in ok[0] else None,
+               "mean_first_success": mean("first_success", ok), "mean_iterations": mean("iterations", rows),
+               "seconds": sum(r.get("seconds") or 0.0 for r in rows),
                "mean_cer_target": mean("cer_target", rows), "attack": args.attack, "sparsity": args.sparsity}
     if args.pcm16:
         summary["successes_saved"] = sum(bool(r.get("success_saved")) for r in rows)

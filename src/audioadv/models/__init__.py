@@ -7,7 +7,8 @@
 Architectures are those attacked in Abdoli et al., "Universal adversarial audio
 perturbations" (1D CNN Rand/Gamma, SincNet, SincNet+VGG, EnvNet-v2, SpchCMD), adapted so that
 they train on a CPU in minutes, plus a log-mel 2-D CNN baseline. Checkpoints:
-`save_checkpoint` / `load_checkpoint` (safetensors + JSON, never pickle).
+`save_checkpoint` / `load_checkpoint` (safetensors + JSON, never pickle); `load(path)` loads any
+saved model (classifier, speaker head, CTC recogniser, Hugging Face Wav2Vec2ForCTC folder).
 """
 from __future__ import annotations
 
@@ -58,8 +59,8 @@ def create(name: str, num_classes: int, input_length: int = 16000, sample_rate: 
     return model
 
 
-from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from .checkpoint import load, load_checkpoint, save_checkpoint  # noqa: E402
 
 __all__ = ["create", "names", "register", "AudioClassifier", "REPRESENTATIONS", "save_checkpoint",
-           "load_checkpoint", "CNN1D", "SincNet", "SincNetVGG", "EnvNetV2", "SpchCMD", "LogMelCNN",
+           "load_checkpoint", "load", "CNN1D", "SincNet", "SincNetVGG", "EnvNetV2", "SpchCMD", "LogMelCNN",
            "ResemblyzerSpeaker"]

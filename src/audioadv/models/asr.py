@@ -199,14 +199,15 @@ class CTCRecognizer(nn.Module):
     """Log-mel -> Conv1d (stride 2) -> Conv1d -> 2-layer bidirectional GRU -> characters.
 
     Frames are 10 ms (hop 160 at 16 kHz) before the stride, 20 ms after. Features are
-    normalised with fixed per-mel statistics (`set_feature_stats`, from the training set), so a
+    normalised with fixed per-mel statistics (`set_feature_stats`, from the training set), then,
+    with feature_norm="utterance" (default), per utterance and mel over its own valid frames, so a
     padded batch and a single utterance give the same frames. `forward(wav, lengths)` returns
     the frame log-probabilities (B, F, C) and frame lengths; `frame_logits` is the same.
     """
 
     def __init__(self, n_mels: int = 40, channels: int = 192, hidden: int = 160, layers: int = 2,
                  alphabet: str = ALPHABET, sample_rate: int = 16000, dropout: float = 0.1,
-                 feature_norm: str = "global"):
+                 feature_norm: str = "utterance"):
         super().__init__()
         if feature_norm not in ("global", "utterance"):
             raise ValueError(f"CTCRecognizer: feature_norm must be 'global' or 'utterance', got {feature_norm!r}")
@@ -266,16 +267,26 @@ class CTCRecognizer(nn.Module):
         if wav.dim() == 1:
             wav = wav.unsqueeze(0)
         lengths = _lengths(wav, lengths)
+        # every utterance is followed by zeros, enough of them for its last frames to read the
+        # same input whatever else is in the batch or how far it is padded: half an STFT window
+        # (a centred frame reads past the end) and 5 frames (the convolutions' receptive field
+        # past the last valid frame, which reads frames that exist only in a padded batch)
+        inside = torch.arange(wav.shape[1], device=wav.device)[None, :] < lengths[:, None]
+        wav = F.pad(wav * inside, (0, self.spectrogram.n_fft // 2 + 5 * self.hop))
         x = (self.features(wav) - self.feat_mean[:, None]) / self.feat_std[:, None]
         frames = lengths // self.hop + 1
         valid = (torch.arange(x.shape[-1], device=x.device)[None, :] < frames[:, None]).unsqueeze(1).to(x.dtype)
         if self.feature_norm == "utterance":
             # mean / variance per utterance and mel over its own valid frames (after the global
-            # scaling), so gain and channel differences between voices cancel out
-            n = valid.sum(-1, keepdim=True).clamp_min(1)
-            mu = (x * valid).sum(-1, keepdim=True) / n
-            var = (((x - mu) * valid) ** 2).sum(-1, keepdim=True) / n
-            x = (x - mu) / torch.sqrt(var + 1e-2)
+            # scaling), so gain and channel differences between voices cancel out; computed on
+            # exactly its own frames (forward and backward), so no rounding depends on the padding
+            rows = []
+            for b, f in enumerate(frames.clamp(1, x.shape[-1]).tolist()):
+                own = x[b, :, :f].contiguous()
+                mu = own.sum(-1, keepdim=True) / f
+                var = ((own - mu) ** 2).sum(-1, keepdim=True) / f
+                rows.append(F.pad((own - mu) / torch.sqrt(var + 1e-2), (0, x.shape[-1] - f)))
+            x = torch.stack(rows)
         x = x * valid
         x = self.conv(x).transpose(1, 2)  # (B, F, C)
         out_len = self.frame_lengths(lengths).clamp(1, x.shape[1])
@@ -289,7 +300,7 @@ class CTCRecognizer(nn.Module):
             a, _ = fwd(y)
             b, _ = bwd(y.gather(1, rev.expand(-1, -1, y.shape[2])))
             y = torch.cat([a, b.gather(1, rev.expand(-1, -1, b.shape[2]))], dim=2)
-        return self.out(self.drop(y)).log_softmax(-1), out_len
+        return self.out(self.drop(y[:, :int(out_len.max())])).log_softmax(-1), out_len
 
     def frame_logits(self, wav: torch.Tensor, lengths=None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.forward(wav, lengths)
@@ -302,7 +313,8 @@ def save_recognizer(model: CTCRecognizer, folder: str | Path, extra: dict | None
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({**model.config, **(extra or {})}, indent=2))
+    (folder / "config.json").write_text(json.dumps({"kind": "ctc-recognizer", **model.config, **(extra or {})},
+                                                   indent=2))
     return folder
 
 
@@ -319,6 +331,7 @@ def load_recognizer(folder: str | Path, *, frozen: bool = False) -> CTCRecognize
     if cfg.get("architecture") != "ctc-bigru":
         raise ValueError(f"{cfg_path}: architecture {cfg.get('architecture')!r} is not 'ctc-bigru'")
     keys = ("n_mels", "channels", "hidden", "layers", "alphabet", "sample_rate", "dropout", "feature_norm")
+    cfg.setdefault("feature_norm", "global")  # configs written before the option existed
     model = CTCRecognizer(**{k: cfg[k] for k in keys if k in cfg})
     model.load_state_dict(load_file(str(weights)))
     return model.eval().requires_grad_(not frozen)

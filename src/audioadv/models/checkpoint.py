@@ -1,9 +1,17 @@
-"""Checkpoints as `model.safetensors` (weights) + `config.json` (how to rebuild the model).
+"""Checkpoints as `model.safetensors` (weights) + `config.json` (how to rebuild the model), and
+`load(path)`, the one loader for every kind of saved model.
 
-config.json holds at least `arch`, `num_classes`, `classes`, `sample_rate`, `input_length` and
-`hparams` (architecture keyword arguments), plus whatever the caller adds (training arguments,
-metrics). Loading rebuilds the model from the registry and reads tensors with safetensors: no
-pickle, so a checkpoint cannot run code.
+config.json's `kind` says what a folder holds; every save function writes it:
+- "classifier": a zoo classifier (`save_checkpoint`): `arch`, `num_classes`, `classes`,
+  `sample_rate`, `input_length`, `hparams` (architecture keyword arguments), plus whatever the
+  caller adds (training arguments, metrics);
+- "speaker": the same for the speaker head on resemblyzer's encoder (`resemblyzer-speaker`);
+- "ctc-recognizer": the character CTC recogniser (`models.asr.save_recognizer`);
+- "hf-wav2vec2": a local Hugging Face `Wav2Vec2ForCTC` folder (`save_pretrained`), recognised by
+  its own config.json (`architectures` / `model_type`), which has no `kind`.
+Folders written before `kind` existed are recognised by their keys (`arch`: classifier,
+`architecture`: recogniser). Loading reads tensors with safetensors: no pickle, so a checkpoint
+cannot run code.
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ from pathlib import Path
 import torch
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
+CLASSIFIER, SPEAKER, RECOGNIZER, HF_WAV2VEC2 = "classifier", "speaker", "ctc-recognizer", "hf-wav2vec2"
 
 
 def save_checkpoint(model, out_dir, config: dict | None = None) -> Path:
@@ -22,7 +31,7 @@ def save_checkpoint(model, out_dir, config: dict | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = dict(config or {})
-    cfg.update(arch=model.arch, num_classes=model.num_classes, sample_rate=model.sample_rate,
+    cfg.update(kind=SPEAKER if model.arch == "resemblyzer-speaker" else CLASSIFIER, arch=model.arch, num_classes=model.num_classes, sample_rate=model.sample_rate,
                input_length=model.input_length, hparams=dict(model.hparams))
     cfg.setdefault("classes", [str(i) for i in range(model.num_classes)])
     if len(cfg["classes"]) != model.num_classes:
@@ -87,3 +96,70 @@ def load_checkpoint(path, map_location: str = "cpu", *, frozen: bool = False):
     if frozen:
         model.requires_grad_(False)
     return model.eval(), cfg
+
+
+def checkpoint_kind(cfg: dict) -> str | None:
+    """The kind of model a config.json describes (module docstring), None if it names none."""
+    if "kind" in cfg:
+        return cfg["kind"]
+    if "architectures" in cfg or "model_type" in cfg:  # a Hugging Face config.json
+        return HF_WAV2VEC2
+    if cfg.get("architecture") == "ctc-bigru":
+        return RECOGNIZER
+    if "arch" in cfg:
+        return SPEAKER if cfg["arch"] == "resemblyzer-speaker" else CLASSIFIER
+    return None
+
+
+def _load_classifier(folder: Path, frozen: bool):
+    return load_checkpoint(folder, frozen=frozen)
+
+
+def _load_recognizer(folder: Path, frozen: bool):
+    from .asr import load_recognizer
+    return load_recognizer(folder, frozen=frozen), json.loads((folder / CONFIG).read_text())
+
+
+def _load_hf(folder: Path, frozen: bool):
+    cfg = json.loads((folder / CONFIG).read_text())
+    archs = cfg.get("architectures") or []
+    if "Wav2Vec2ForCTC" not in archs and cfg.get("model_type") != "wav2vec2":
+        raise ValueError(f"{folder / CONFIG}: Hugging Face model {archs or cfg.get('model_type')!r} is not "
+                         "supported (only Wav2Vec2ForCTC)")
+    if not any((folder / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):
+        raise FileNotFoundError(f"Hugging Face model weights not found in {folder} "
+                                "(model.safetensors or pytorch_model.bin)")
+    from .asr import HFWav2Vec2Recognizer
+    model = HFWav2Vec2Recognizer.from_pretrained(folder)
+    if frozen:
+        model.requires_grad_(False)
+    return model, {**cfg, "kind": HF_WAV2VEC2}
+
+
+LOADERS = {CLASSIFIER: _load_classifier, SPEAKER: _load_classifier, RECOGNIZER: _load_recognizer,
+           HF_WAV2VEC2: _load_hf}
+
+
+def load(path, *, frozen: bool = False):
+    """Any saved model: (model, config) from a folder (or a file in it) of any kind in the module
+    docstring, dispatched on config.json's `kind`. The model is in eval mode; `frozen=True` turns
+    off its parameters' gradients. FileNotFoundError for a missing folder, config or weights file,
+    ValueError for a config that names no known kind."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"model not found: {p} (expected a folder with {CONFIG} and the weights)")
+    folder = p if p.is_dir() else p.parent
+    cfg_path = folder / CONFIG
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"model config not found: {cfg_path}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{cfg_path}: corrupt model config (not valid JSON: {exc})") from None
+    kind = checkpoint_kind(cfg) if isinstance(cfg, dict) else None
+    if kind not in LOADERS:
+        raise ValueError(f"{cfg_path}: unknown model kind {kind!r}; known: {', '.join(sorted(LOADERS))}")
+    if kind != HF_WAV2VEC2 and not (folder / WEIGHTS).is_file():
+        raise FileNotFoundError(f"model weights not found: {folder / WEIGHTS}")
+    model, cfg = LOADERS[kind](folder, frozen)
+    return model, {**cfg, "kind": kind}

@@ -193,5 +193,7 @@ def masking_loss(delta: torch.Tensor, theta: torch.Tensor, psd_max_db: torch.Ten
     excess = torch.relu(p - theta)
     if lengths is None:
         return excess.mean(dim=(1, 2))
-    fm = frame_mask(lengths, p.shape[-1], n_fft, hop_length).to(p.dtype)
-    return (excess * fm[:, None, :]).sum(dim=(1, 2)) / (fm.sum(1).clamp_min(1) * p.shape[1])
+    frames = frame_mask(lengths, p.shape[-1], n_fft, hop_length).sum(1).clamp_min(1).tolist()
+    # each utterance summed over exactly its own frames: the rounding then does not depend on how
+    # far the batch is padded (the attacks' results do not depend on their batch)
+    return torch.stack([excess[b, :, :f].contiguous().sum() / (f * p.shape[1]) for b, f in enumerate(frames)])
