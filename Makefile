@@ -61,10 +61,16 @@ reproduce-smoothing: $(VENV)/.speaker
 reproduce-smoothing-scale: $(VENV)/.speaker
 	$(RUN) experiments/smoothing_scale.toml --out runs/smoothing-scale --quiet && $(BIN)/audioadv table runs/smoothing-scale
 
-# The character CTC recogniser the speech experiments attack (CPU recipe).
+# The character CTC recogniser the speech experiments attack (CPU recipe, about an hour on one core): two
+# stages, the second with the command grammar oversampled. Both stop by step counts.
 runs/asr/model.safetensors: | $(VENV)/.dev
-	$(BIN)/audioadv train-asr --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --epochs 100 --out runs/asr-v2
-	$(BIN)/audioadv train-asr --init runs/asr-v2 --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --lr 7e-4 --epochs 100 --out runs/asr
+	$(BIN)/audioadv train-asr --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --steps 14144 --epochs 100 --out runs/asr-v2
+	$(BIN)/audioadv train-asr --init runs/asr-v2 --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?n=4000' --data 'synth-phrases?source=open&n=9000' --steps 3552 --lr 7e-4 --epochs 100 --out runs/asr
+
+# A larger recogniser for a GPU (3-layer BiGRU 256, 192 s batches, online room responses).
+runs/asr-gpu/model.safetensors: | $(VENV)/.dev
+	$(BIN)/audioadv train-asr --data 'synth-phrases?n=8000' --data 'synth-phrases?source=open&n=40000' --device cuda --batch-seconds 192 --eval-every 1000 --reverb 0.3 --epochs 1000 --steps 1732 --hidden 256 --layers 3 --out runs/asr-gpu-stage1
+	$(BIN)/audioadv train-asr --data 'synth-phrases?n=8000' --data 'synth-phrases?n=8000' --data 'synth-phrases?n=8000' --data 'synth-phrases?source=open&n=40000' --device cuda --batch-seconds 192 --eval-every 500 --reverb 0.3 --epochs 1000 --steps 2236 --lr 7e-4 --init runs/asr-gpu-stage1 --out runs/asr-gpu
 
 reproduce-sparse: $(VENV)/.dev runs/asr/model.safetensors
 	$(RUN) experiments/sparse.toml --out runs/sparse --quiet && $(BIN)/audioadv table runs/sparse

@@ -112,10 +112,10 @@ def run_models(args) -> int:
 
 def run_eval(args) -> int:
     from ..data import load_dataset
-    from ..models import load_checkpoint
+    from ..models import load
     from ..train import evaluate, format_confusion
 
-    model, cfg = load_checkpoint(args.checkpoint)
+    model, cfg = load(args.checkpoint)
     ds = load_dataset(args.data, args.split, input_length=model.input_length, sample_rate=model.sample_rate)
     classes = cfg.get("classes")
     if classes and list(ds.classes) != list(classes):

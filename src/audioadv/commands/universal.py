@@ -163,7 +163,7 @@ def run_universal(args) -> int:
     from ..attacks.universal_eval import evaluate
     from ..data import load_dataset
     from ..io import save
-    from ..models.checkpoint import load_checkpoint
+    from ..models import load
     from ..results import dumps
 
     if args.threads:
@@ -180,7 +180,7 @@ def run_universal(args) -> int:
         print((out / "metrics.json").read_text())
         print(f"{out}: result exists (use --force to craft again)", file=sys.stderr)
         return 0
-    model, cfg = load_checkpoint(args.checkpoint, frozen=True)
+    model, cfg = load(args.checkpoint, frozen=True)
     classes = [str(c) for c in cfg.get("classes", range(cfg["num_classes"]))]
     target = _target_index(args.target, classes)
     length, sr = int(cfg["input_length"]), int(cfg.get("sample_rate", 16000))
@@ -269,7 +269,7 @@ def run_transfer(args) -> int:
     from ..attacks.universal_eval import transfer_matrix
     from ..reporting import format_matrix
     from ..data import load_dataset
-    from ..models.checkpoint import load_checkpoint
+    from ..models import load
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -291,7 +291,7 @@ def run_transfer(args) -> int:
         raise ValueError("transfer needs at least one perturbation and one checkpoint")
     models, data, classes = {}, {}, None
     for name, path in ckpts.items():
-        model, cfg = load_checkpoint(path)
+        model, cfg = load(path)
         models[name] = model.eval()
         length, sr = int(cfg["input_length"]), int(cfg.get("sample_rate", 16000))
         for pn, v in perts.items():

@@ -1,6 +1,6 @@
 """What each job kind computes, example by example, into the results store.
 
-Examples are processed in a fixed partition into batches (the job's `batch_size`, in the order the examples were
+Examples are processed in a fixed partition into batches (the job's `commit_every`, in the order the examples were
 selected), and each batch draws its randomness from `seed` and its own index. A batch is committed in one
 transaction, so a run that is killed and started again recomputes only the batch in flight, with the same
 numbers as an uninterrupted run.
@@ -65,35 +65,22 @@ def _accepts(fn, name: str) -> bool:
 
 
 # models -----------------------------------------------------------------------------------------------------
-def load_model(ctx: Context, model: Model, *, recogniser: bool = False):
-    """(module, config) of a declared model, training it first (as a `train` job) when it has a train block."""
-    if model.name in ctx._models:
-        return ctx._models[model.name]
-    if model.train is not None:
-        out = run_train(ctx, model)
-    elif recogniser:
-        out = _load_recogniser(model.checkpoint)
-    else:
-        from ..models import load_checkpoint
-        out = load_checkpoint(model.checkpoint, frozen=True)
-    ctx._models[model.name] = out
-    return out
-
-
-def _load_recogniser(folder: str):
-    import json
-    cfg = json.loads((Path(folder) / "config.json").read_text())
-    if "architectures" in cfg or "model_type" in cfg:       # a Hugging Face folder
-        from ..models.asr import HFWav2Vec2Recognizer
-        return HFWav2Vec2Recognizer.from_pretrained(folder), cfg
-    from ..models.asr import load_recognizer
-    return load_recognizer(folder, frozen=True), cfg
+def load_model(ctx: Context, model: Model):
+    """(module, config) of a declared model (any checkpoint kind models.load reads), training it first (as a
+    `train` job) when it has a train block."""
+    if model.name not in ctx._models:
+        if model.train is not None:
+            ctx._models[model.name] = run_train(ctx, model)
+        else:
+            from ..models import load
+            ctx._models[model.name] = load(model.checkpoint, frozen=True)
+    return ctx._models[model.name]
 
 
 def run_train(ctx: Context, model: Model):
     """Train a zoo classifier (train.fit) and store its per-example test predictions."""
     from .. import models as zoo
-    from ..models import load_checkpoint
+    from ..models import load
     from ..train import TrainConfig, fit, predict, split_validation
 
     s = dict(model.train)
@@ -102,7 +89,7 @@ def run_train(ctx: Context, model: Model):
     folder = ctx.root / "models" / SAFE.sub("_", model.name)      # e.g. RUN_DIR/models/classifier
     old = ctx.store.job(jid)
     if old and old["status"] == "done" and (folder / "model.safetensors").is_file():
-        m, cfg = load_checkpoint(folder, frozen=True)
+        m, cfg = load(folder, frozen=True)
         if cfg.get("train_job") == jid:
             return m, cfg
     ctx.store.start_job(jid, "train", f"train {model.name}", settings,
@@ -124,7 +111,7 @@ def run_train(ctx: Context, model: Model):
     summary = fit(net, train, val, cfg, out_dir=folder, config={"data": s["data"], "train_job": jid},
                   progress=not ctx.quiet,
                   log=(lambda m: None) if ctx.quiet else (lambda m: ctx.log("    " + m)))
-    net, config = load_checkpoint(folder, frozen=True)
+    net, config = load(folder, frozen=True)
     test = ctx.dataset(s["data"], "test", int(config["input_length"]), int(config.get("sample_rate", 16000)))
     with torch.no_grad():
         preds = predict(net, test.waves).argmax(1)
@@ -249,7 +236,7 @@ def plan_attack(ctx: Context, job: Job, jid: str) -> Plan:
             out.append((ids[p], p, row))
         return out
 
-    return Plan(ids, s["batch_size"], compute, {"clean_accuracy": float((clean == ds.labels).float().mean())})
+    return Plan(ids, s["commit_every"], compute, {"clean_accuracy": float((clean == ds.labels).float().mean())})
 
 
 # universal perturbations --------------------------------------------------------------------------------------
@@ -328,7 +315,7 @@ def plan_universal(ctx: Context, job: Job, jid: str) -> Plan:
                 out.append((ids[p], p, row))
         return out
 
-    return Plan(ids, max(s["batch_size"], 100), compute, summary)
+    return Plan(ids, s["commit_every"], compute, summary)
 
 
 # certification -------------------------------------------------------------------------------------------------
@@ -365,19 +352,13 @@ def plan_certify(ctx: Context, job: Job, jid: str) -> Plan:
 # speech recognition --------------------------------------------------------------------------------------------
 def plan_asr_attack(ctx: Context, job: Job, jid: str) -> Plan:
     from .. import attacks
-    from ..data.targets import open_targets, select
-
-    try:
-        from ..data.utterances import load_utterances, pad_batch
-    except ImportError:
-        from ..asr_train import load_utterances, pad_batch
-    try:
-        from ..asr_report import asr_report
-    except ImportError:
-        from ..attacks._ctc import asr_report
+    from ..asr_report import asr_report
+    from ..asr_targets import select
+    from ..data.targets import open_targets
+    from ..data.utterances import load_utterances, pad_batch
 
     s = job.settings
-    model, _ = load_model(ctx, job.model, recogniser=True)
+    model, _ = load_model(ctx, job.model)
     data = load_utterances(job.data, s["split"])
     n = s["examples"] or 20
     picked, originals, targets = select(model, data, n, s["seed"])
@@ -401,17 +382,10 @@ def plan_asr_attack(ctx: Context, job: Job, jid: str) -> Plan:
         wav, lengths = pad_batch([data.waves[picked[k]] for k in ks])
         tg, og = [targets[k] for k in ks], [originals[k] for k in ks]
         torch.manual_seed(_seed_for(s["seed"], b))
-        info: dict = {}
-        kw = dict(job.fn_params)
-        if _accepts(base, "info"):
-            kw["info"] = info
         t0, c0 = time.perf_counter(), time.process_time()
-        res = fn(model, wav, tg, lengths=lengths, **kw)
+        adv, records = fn(model, wav, tg, lengths=lengths, **job.fn_params)
         secs, cpu = (time.perf_counter() - t0) / len(ks), (time.process_time() - c0) / len(ks)
-        adv, records = (res if isinstance(res, tuple) else (res, None))
-        if records is not None:
-            info = {key: [r.get(key) for r in records] for key in records[0]} if records else {}
-        rows = asr_report(model, wav, adv, tg, og, lengths, info)
+        rows = asr_report(model, wav, adv, tg, og, lengths, records)
         out = []
         for j, (p, k, row) in enumerate(zip(pos, ks, rows)):
             n_s = int(lengths[j])
@@ -422,7 +396,7 @@ def plan_asr_attack(ctx: Context, job: Job, jid: str) -> Plan:
             out.append((ids[p], p, row))
         return out
 
-    return Plan(ids, s["batch_size"], compute, {})
+    return Plan(ids, s["commit_every"], compute, {})
 
 
 PLANS = {"attack": plan_attack, "universal": plan_universal, "certify": plan_certify, "asr-attack": plan_asr_attack}

@@ -30,7 +30,7 @@ class SpecError(ValueError):
 
 # keys the runner reads itself, per job kind: name -> (type, default)
 COMMON = {"kind": (str, None), "model": ((str, list), None), "data": ((str, list), None), "split": (str, "test"),
-          "examples": (int, 0), "per_class": (int, 0), "seed": (int, None), "batch_size": (int, 32),
+          "examples": (int, 0), "per_class": (int, 0), "seed": (int, None), "commit_every": (int, 32),
           "audio": (int, 4), "name": (str, "")}
 RUNNER_KEYS = {
     "attack": {"attack": (str, None), "library": (str, "audioadv"), "target": ((int, str, bool), False),
@@ -370,9 +370,6 @@ def _expand_job(job: dict, index: int, data: dict, models: dict, ctx: _Ctx, seed
         params = {}
         for fn in fns.values():
             params.update(function_params(fn))
-        if kind == "certify":
-            runner = {k: v for k, v in runner.items() if k != "batch_size"}
-            merged.pop("batch_size", None)
         for key, value in point.items():
             if key in runner:
                 typ = runner[key][0]
