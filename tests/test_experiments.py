@@ -243,3 +243,59 @@ def test_ray_gives_the_same_rows_as_one_process(smoke_run, tmp_path):
                           capture_output=True, text=True, env=_env(), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _rows(out) == _rows(smoke_run)
+
+
+def test_asr_attack_jobs_on_a_toy_recogniser(tmp_path):
+    """asr-attack: a recogniser checkpoint, a manifest with transcripts, dense and sparse CW in one grid."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _asr_toy import batch, random_texts, train_toy
+
+    from audioadv.io import save
+    from audioadv.models.asr import save_recognizer
+    save_recognizer(train_toy(), tmp_path / "asr")
+    texts = random_texts(16, seed=3)
+    x, lengths = batch(texts, seed=3)
+    lines = []
+    for i, (t, n) in enumerate(zip(texts, lengths)):
+        save(tmp_path / "wav" / f"{i}.wav", x[i, :int(n)], 16000, subtype="FLOAT")
+        lines.append(json.dumps({"path": f"wav/{i}.wav", "text": t, "split": "test"}))
+    (tmp_path / "list.jsonl").write_text("\n".join(lines) + "\n")
+    exp = tmp_path / "asr.toml"
+    exp.write_text(f'''
+name = "asr"
+[data.toy]
+spec = "manifest:{tmp_path / 'list.jsonl'}"
+[models.asr]
+checkpoint = "{tmp_path / 'asr'}"
+[[jobs]]
+kind = "asr-attack"
+model = "asr"
+data = "toy"
+attack = "cw"
+sparsity = [0.0, 0.5]
+examples = 4
+max_iter = 60
+lr = 0.01
+audio = 1
+[[tables]]
+title = "toy"
+kind = "asr-attack"
+rows = ["attack"]
+columns = ["sparsity"]
+values = ["success_rate", "l0"]
+''')
+    out = tmp_path / "run"
+    assert main(["run", str(exp), "--out", str(out), "--quiet"]) == 0
+    store = Store(out, create=False)
+    jobs = {j["labels"]["sparsity"]: j for j in store.jobs("asr-attack")}
+    assert set(jobs) == {0.0, 0.5} and all(j["status"] == "done" for j in jobs.values())
+    for sparsity, job in jobs.items():
+        rows = store.examples(job["job_id"])
+        assert len(rows) == 4
+        assert all({"decoded", "target", "original", "success", "cer_target", "l0", "snr_db"} <= set(r) for r in rows)
+        assert all(r["target"] != r["original"] for r in rows)
+        if sparsity:
+            assert all(r["l0"] <= 1 - sparsity + 1e-6 for r in rows)   # at most half the samples changed
+    store.close()
+    text = tables_text(out, "csv")
+    assert text.splitlines()[0] == "attack,sparsity=0.0,sparsity=0.5"
