@@ -88,10 +88,12 @@ def run_train(ctx: Context, model: Model):
     jid = job_id("train", settings)
     folder = ctx.root / "models" / SAFE.sub("_", model.name)      # e.g. RUN_DIR/models/classifier
     old = ctx.store.job(jid)
-    if old and old["status"] == "done" and (folder / "model.safetensors").is_file():
-        m, cfg = load(folder, frozen=True)
-        if cfg.get("train_job") == jid:
-            return m, cfg
+    if old and old["status"] == "done":          # trained earlier, maybe declared under another name
+        for where in (folder, ctx.root / old["summary"].get("checkpoint", folder)):
+            if (where / "model.safetensors").is_file():
+                m, cfg = load(where, frozen=True)
+                if cfg.get("train_job") == jid:
+                    return m, cfg
     ctx.store.start_job(jid, "train", f"train {model.name}", settings,
                         labels={"model": model.name, "arch": s["arch"], "data": s["data_name"], "epochs": s["epochs"]})
     ctx.log(f"training {model.name} ({s['arch']} on {s['data_name']}, {s['epochs']} epochs)")

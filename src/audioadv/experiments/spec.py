@@ -43,6 +43,7 @@ RUNNER_KEYS = {
 }
 KINDS = sorted(RUNNER_KEYS)
 LIST_KEYS = {"transfer"}             # list-valued by nature: never a grid
+NONE = "none"                        # TOML has no null: a parameter written as "none" is passed as None
 HIDDEN = {"model", "inputs", "labels", "data", "targeted", "lengths", "info", "project", "callback", "progress",
           "key", "checkpoint", "seed", "self", "base", "num_classes", "x"}
 TRAIN_KEYS = {"arch": (str, None), "data": (str, None), "epochs": (int, 15), "batch_size": (int, 32),
@@ -377,6 +378,8 @@ def _expand_job(job: dict, index: int, data: dict, models: dict, ctx: _Ctx, seed
                     raise err(f"{key} must be {_type_name(typ)}, got {value!r}", key)
             elif key in params:
                 typ = _param_type(params[key])
+                if value == NONE:
+                    continue
                 if typ is not None and not _type_ok(value, typ):
                     raise err(f"{key} must be {_type_name(typ)} (the default is {params[key]!r}), got {value!r}", key)
             else:
@@ -386,7 +389,7 @@ def _expand_job(job: dict, index: int, data: dict, models: dict, ctx: _Ctx, seed
         missing = [k for k, d in params.items() if d is inspect.Parameter.empty and k not in point]
         if missing:
             raise err(f"missing required parameter(s) {', '.join(missing)} for {kind}", None)
-        fn_params = {k: point.get(k, d) for k, d in params.items()}
+        fn_params = {k: None if point.get(k, d) == NONE else point.get(k, d) for k, d in params.items()}
         merged["seed"] = seed if merged["seed"] is None else merged["seed"]
         for group in (merged["model"] if isinstance(merged["model"], list) else [merged["model"]]):
             if group not in models:
@@ -411,7 +414,8 @@ def _expand_job(job: dict, index: int, data: dict, models: dict, ctx: _Ctx, seed
                 j.index = index
                 j.settings_key = repr(sorted(settings.items(), key=lambda kv: kv[0]))
                 j.data_name = dname
-                j.display = {"model": model.name, "data": dname,
+                trained = {k: model.train[k] for k in ("arch", "epochs")} if model.train else {}
+                j.display = {**trained, "model": model.name, "data": dname, "name": merged["name"],
                              **{k: point[k] for k in point if k not in ("kind", "model", "data", "name")}}
                 out.append(j)
     return out
