@@ -247,6 +247,17 @@ def _drop_target(inputs, labels: torch.Tensor, t: int | None):
 
 
 # ----------------------------------------------------------------------------- iterative (Sec. 3.1)
+def crafting_set(data, n: int = 1000, per_class: int = 0, seed: int = 0):
+    """The crafting points drawn from an AudioDataset: n of them at random (the paper's 1000; all when the
+    set is smaller), or per_class of each class (the single-sample mode of Table 3: per_class = 1), seeded."""
+    if per_class:
+        return data.per_class(per_class, seed)
+    if n and n < len(data):
+        g = torch.Generator().manual_seed(seed)
+        return data.subset(torch.randperm(len(data), generator=g)[:n].sort().values)
+    return data
+
+
 def iterative(model, data, *, targeted: int | None = None, p: float = math.inf, xi: float | None = None,
               delta: float = 0.1, max_passes: int = 100, attack: str | Callable = "ddn",
               attack_kwargs: dict | None = None, batch_size: int = 1, aggregate: str = "mean", seed: int = 0,

@@ -39,7 +39,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--craft-split", default="train")
     p.add_argument("--test-split", default="test")
-    p.add_argument("--n-craft", type=int, default=1000, help="crafting points drawn from the crafting split (paper: 1000)")
+    p.add_argument("--n-craft", type=int, default=None, help="crafting points drawn from the crafting split "
+                                                            "(default: universal.crafting_set's, the paper's 1000)")
     p.add_argument("--per-class", type=int, default=0,
                    help="single-sample mode: craft from K examples of each class (paper Table 3: K=1)")
     p.add_argument("--delta", type=float, help="stop at crafting success >= 1 - delta")
@@ -98,17 +99,6 @@ def _target_index(target, classes) -> int | None:
     if not 0 <= idx < len(classes):
         raise ValueError(f"target index {idx} out of range 0..{len(classes) - 1}")
     return idx
-
-
-def _crafting_set(ds, n: int, per_class: int, seed: int):
-    import torch
-
-    if per_class:
-        return ds.per_class(per_class, seed)
-    if n and n < len(ds):
-        g = torch.Generator().manual_seed(seed)
-        return ds.subset(torch.randperm(len(ds), generator=g)[:n].sort().values)
-    return ds
 
 
 PENALTY_OPTIONS = ("c", "c_factor", "escalate", "kappa", "lr", "max_iter", "batch_size", "min_snr", "patience")
@@ -186,7 +176,8 @@ def run_universal(args) -> int:
     length, sr = int(cfg["input_length"]), int(cfg.get("sample_rate", 16000))
     craft_ds = load_dataset(args.data, args.craft_split, input_length=length, sample_rate=sr)
     test_ds = load_dataset(args.data, args.test_split, input_length=length, sample_rate=sr)
-    craft_ds = _crafting_set(craft_ds, args.n_craft, args.per_class, settings["seed"])
+    craft_ds = U.crafting_set(craft_ds, **({"n": args.n_craft} if args.n_craft is not None else {}),
+                              per_class=args.per_class, seed=settings["seed"])
     out.mkdir(parents=True, exist_ok=True)
     resumed = state.exists() or Path(f"{state}.run").exists()
     if args.method == "penalty":

@@ -259,11 +259,7 @@ def plan_universal(ctx: Context, job: Job, jid: str) -> Plan:
     summary = dict(ctx.store.job(jid)["summary"] or {})
     if not (art / "v.npy").is_file():
         craft = ctx.dataset(job.data, s["craft_split"], length, sr)
-        if s["per_class"]:
-            craft = craft.per_class(s["per_class"], s["seed"])
-        elif s["n_craft"] and s["n_craft"] < len(craft):
-            g = torch.Generator().manual_seed(s["seed"])
-            craft = craft.subset(torch.randperm(len(craft), generator=g)[:s["n_craft"]].sort().values)
+        craft = U.crafting_set(craft, s["n_craft"], s["per_class"], s["seed"])
         fn = peers.get(s["library"], s["method"])
         kw = dict(job.fn_params)
         if _accepts(fn, "checkpoint"):

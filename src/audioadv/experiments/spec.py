@@ -35,7 +35,7 @@ COMMON = {"kind": (str, None), "model": ((str, list), None), "data": ((str, list
 RUNNER_KEYS = {
     "attack": {"attack": (str, None), "library": (str, "audioadv"), "target": ((int, str, bool), False),
                "only_correct": (bool, True)},
-    "universal": {"method": (str, "penalty"), "library": (str, "audioadv"), "target": ((int, str, bool), False), "n_craft": (int, 1000),
+    "universal": {"method": (str, "penalty"), "library": (str, "audioadv"), "target": ((int, str, bool), False), "n_craft": (int, None),
                   "craft_split": (str, "train"), "transfer": (list, [])},
     "certify": {},
     "asr-attack": {"attack": (str, "cw"), "sparsity": ((int, float), 0.0), "target_set": (str, "phrases"),
@@ -391,6 +391,9 @@ def _expand_job(job: dict, index: int, data: dict, models: dict, ctx: _Ctx, seed
             raise err(f"missing required parameter(s) {', '.join(missing)} for {kind}", None)
         fn_params = {k: None if point.get(k, d) == NONE else point.get(k, d) for k, d in params.items()}
         merged["seed"] = seed if merged["seed"] is None else merged["seed"]
+        if kind == "universal" and merged["n_craft"] is None:      # the library's default crafting-set size
+            from ..attacks.universal import crafting_set
+            merged["n_craft"] = inspect.signature(crafting_set).parameters["n"].default
         for group in (merged["model"] if isinstance(merged["model"], list) else [merged["model"]]):
             if group not in models:
                 raise err(f"unknown model '{group}'" + _suggest(group, models), "model")
