@@ -23,3 +23,4 @@ from .sparse import HardThreshold, hard_threshold, sparse  # noqa: E402
 from ._ctc import asr_report  # noqa: E402
 
 __all__ += ["cw_ctc", "imperceptible", "ipc", "sparse", "HardThreshold", "hard_threshold", "asr_report"]
+from .msae import msae  # noqa: E402,F401  (masked sparse attack on audio-visual inputs; attacks/msae.py)
