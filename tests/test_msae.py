@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from audioadv import models
-from audioadv.attacks import msae as msae_mod
+from audioadv.attacks.msae import run_base
 from audioadv.attacks.msae import box_projection, msae, sphere_projection, topk_of
 
 FAST = dict(warmup=3, rounds=6, finetune=3)
@@ -128,7 +128,7 @@ def test_ctc_recogniser_mask_and_run_base():
         assert recs[1]["sparsity"]["audio"] == math.floor(0.1 * 4800) / 4800
         assert (adv["audio"][1, 4800:] == x["audio"][1, 4800:]).all()  # nothing beyond the utterance
         assert ((adv["audio"] != x["audio"]).sum(1) <= torch.floor(0.1 * lengths)).all()
-    adv, recs = msae_mod.run_base("cw", rec_model, x, ["yes", "no"], lengths=lengths, max_iter=2)
+    adv, recs = run_base("cw", rec_model, x, ["yes", "no"], lengths=lengths, max_iter=2)
     assert torch.equal(adv["video"], x["video"]) and len(recs) == 2 and "success" in recs[0]
 
 
