@@ -110,3 +110,16 @@ def test_fit_av_checkpoint_and_msae_fools_trained_model(splits, tmp_path):
     assert torch.equal(net(adv).argmax(1), target)
     for k in ("audio", "video"):
         assert ((adv[k] != x[k]).flatten(1).float().mean(1) <= 0.3).all()
+
+
+def test_av_phrases_and_recogniser_training(cache):
+    from audioadv.models.av import AVRecognizer, cer_av, fit_av_recognizer
+    tr = load_dataset("synth-av-phrases?n=12", "train")
+    va = load_dataset("synth-av-phrases?n=12", "val")
+    assert tr.video.shape[1] == -(-tr.input_length * 25 // 16000) and "text" in tr.items[0]
+    torch.manual_seed(0)
+    rec = AVRecognizer(size=32, channels=16, hidden=16, n_mels=16)
+    out = fit_av_recognizer(rec, tr, va, epochs=2, batch_size=4, log=lambda s: None)
+    assert len(out["history"]) == 2 and out["best_val_cer"] == min(h["val_cer"] for h in out["history"])
+    assert cer_av(rec, va) == pytest.approx(out["best_val_cer"])
+    assert cer_av(rec, va, snr_db=0.0) >= 0

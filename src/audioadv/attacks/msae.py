@@ -17,7 +17,7 @@ f_6; CTC loss of the target for recognisers, Carlini & Wagner 2018), D_j the bas
 distortion term of modality j (CW: ||.||_2^2; IPC: ||.||_2^2 under |delta_i| <= r |x_i|;
 Imperceptible: alpha * Qin et al.'s masking loss under |delta| <= tau) and s_j the fraction of the
 n_j positions of modality j that may change. With auxiliary y1 in S_b, y2 in S_p, duals z1, z2,
-z3 and penalties rho1..3, the augmented Lagrangian (cardinality written as
+z3 and penalties rho1 = rho2 = rho3 = rho, the augmented Lagrangian (cardinality written as
 (1^T m - k) / sqrt(n), ours, so that one rho suits any n) is minimised by alternating, per
 modality and example:
 
@@ -39,11 +39,11 @@ cardinality constraint already sets how many positions are used; the distortion 
 reduced by the fine-tuning. On the AV classifier (benchmarks/msae_eval.py, 6 clips, 30%) this
 raised the audio SNR of MSAE from 15.5 to 26.0 dB and the video PSNR from 36.4 to 39.9 dB.
 
-Schedule: `warmup` steps of (M8) with m = 1 (the dense baseline, which gives the mask gradient
-g = grad_x L * delta something to rank), `rounds` ADMM iterations (M3)-(M8), then m is binarised
-by keeping its k largest entries (exactly k ones; ties broken by position), delta is replaced
-by m * delta (the perturbation the model saw at the kept positions) and fine-tuned with m fixed for `finetune` steps. Successes are recorded in the fine-tuning phase
-only (binary mask); the least distorted one is returned, else the last iterate. The weight c of
+Schedule: `warmup` steps of (M8) with m = 1 (dense; the mask gradient g = c grad_x L_adv * delta
+is zero while delta is), `rounds` ADMM iterations (M3)-(M8), then m is binarised by keeping its
+k largest entries (exactly k ones; ties broken by position), delta is replaced by m * delta (the
+perturbation the model saw at the kept positions) and fine-tuned with m fixed for `finetune`
+steps. Successes are recorded in the fine-tuning phase only (binary mask); the least distorted one is returned, else the last iterate. The weight c of
 every example that was not adversarial in the last `adapt_every` steps is raised by `c_up`
 (ours, in place of CW's binary search over c), in the warm-up and fine-tuning phases.
 

@@ -19,7 +19,8 @@ returning a correctly shaped dict.
   -> characters.
 - `fit_av`: trains an AV classifier with `train.fit` through a packing adapter (fit handles
   (B, T) tensors only), with our audio augmentation (random gain, additive white noise at a random
-  SNR) applied inside the adapter.
+  SNR) applied inside the adapter. `fit_av_recognizer` trains an `AVRecognizer` (a small CTC loop
+  reusing `asr_train`'s schedule); `accuracy` / `cer_av` evaluate, optionally at a given SNR.
 """
 from __future__ import annotations
 
@@ -99,6 +100,13 @@ class AVClassifier(nn.Module):
             self.video_time = nn.Linear(self.frames * dim, dim)  # the order of mouth shapes matters
             width += dim
         self.head = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, num_classes))
+
+    def representations(self) -> list[str]:
+        """None: the dict input has no single waveform representation to split at (smoothing)."""
+        return []
+
+    def split(self, at: str):
+        raise ValueError(f"{self.arch} takes dict inputs and cannot be split at {at!r}")
 
     def example_inputs(self, batch_size: int = 2, seed: int = 0) -> dict:
         g = torch.Generator().manual_seed(seed)
@@ -260,4 +268,95 @@ def accuracy(model, ds, *, snr_db: float | None = None, seed: int = 0, batch_siz
     return ok / len(ds)
 
 
-__all__ = ["AVClassifier", "AVRecognizer", "VideoEncoder", "fit_av", "accuracy", "pack", "MODALITIES"]
+def _noisy(audio: torch.Tensor, lengths: torch.Tensor, g: torch.Generator, snr_db) -> torch.Tensor:
+    """White noise at `snr_db` (a number or (B,) tensor) relative to each clip's RMS over its length."""
+    valid = (torch.arange(audio.shape[1])[None, :] < lengths[:, None]).to(audio.dtype)
+    rms = ((audio * valid).pow(2).sum(1, keepdim=True) / lengths[:, None].clamp_min(1)).sqrt()
+    snr = torch.as_tensor(snr_db, dtype=audio.dtype).reshape(-1, 1)
+    return (audio + torch.randn(audio.shape, generator=g) * rms / 10 ** (snr / 20) * valid).clamp(-1, 1)
+
+
+def _lengths_of(ds) -> torch.Tensor:
+    return torch.tensor([int(it.get("num_samples", ds.input_length)) for it in ds.items] if ds.items
+                        else [ds.input_length] * len(ds), dtype=torch.long)
+
+
+def fit_av_recognizer(model: AVRecognizer, train, val, *, epochs: int = 20, lr: float = 2e-3, batch_size: int = 16,
+                      seed: int = 0, snr_db=(-5.0, 30.0), noise_prob: float = 0.5, log=print) -> dict:
+    """Train an `AVRecognizer` on `AVDataset`s with transcripts (`items[i]["text"]`), e.g.
+    synth-av-phrases. `asr_train.train_recognizer` builds and feeds a waveform-only model, so this
+    is a small loop of its own around the same pieces: `asr_train.one_cycle` learning rate,
+    AdamW, CTC loss, gradient clipping at 5, feature statistics from training audio, best
+    validation CER kept. Audio augmentation as `fit_av` (white noise at a random SNR on
+    `noise_prob` of the clips). Stops after `epochs`."""
+    import torch.nn.functional as F
+
+    from ..asr_train import one_cycle
+    from .asr import encode_targets
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    lens = _lengths_of(train)
+    model.audio.set_feature_stats(train.waves, lens)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = max(1, epochs * math.ceil(len(train) / batch_size))
+    step, best, best_cer, history = 0, None, math.inf, []
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(train), generator=g)
+        for i in range(0, len(train), batch_size):
+            idx = perm[i:i + batch_size]
+            n = int(lens[idx].max())
+            audio = train.waves[idx, :n]
+            lo, hi = snr_db
+            snr = lo + (hi - lo) * torch.rand(len(idx), generator=g)
+            noisy = torch.rand(len(idx), generator=g) < noise_prob
+            audio = torch.where(noisy[:, None], _noisy(audio, lens[idx], g, snr), audio)
+            for group in opt.param_groups:
+                group["lr"] = one_cycle(step / steps, lr)
+            logp, frames = model.frame_logits({"audio": audio, "video": train.video[idx]}, lens[idx])
+            tg, tl = encode_targets(model, [train.items[j]["text"] for j in idx.tolist()])
+            loss = F.ctc_loss(logp.transpose(0, 1), tg, frames, tl, blank=model.blank, zero_infinity=True)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            step += 1
+        v = cer_av(model, val)
+        history.append({"epoch": epoch + 1, "loss": float(loss.detach()), "val_cer": v})
+        log(f"epoch {epoch + 1}/{epochs}: loss {float(loss.detach()):.3f} val CER {v:.3f}")
+        if v < best_cer:
+            best_cer, best = v, {k: t.detach().clone() for k, t in model.state_dict().items()}
+    if best is not None:
+        model.load_state_dict(best)
+    model.eval()
+    return {"best_val_cer": best_cer, "history": history}
+
+
+@torch.no_grad()
+def cer_av(model: AVRecognizer, ds, *, snr_db: float | None = None, seed: int = 0, batch_size: int = 32) -> float:
+    """Character error rate (greedy decoding) of an AV recogniser on an `AVDataset` with
+    transcripts, optionally with white noise at `snr_db` added to the audio (seeded)."""
+    from ..metrics.text import cer
+    from .asr import greedy_decode
+
+    was = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    lens = _lengths_of(ds)
+    hyps = []
+    for i in range(0, len(ds), batch_size):
+        idx = torch.arange(i, min(i + batch_size, len(ds)))
+        n = int(lens[idx].max())
+        audio = ds.waves[idx, :n]
+        if snr_db is not None:
+            audio = _noisy(audio, lens[idx], g, snr_db)
+        logp, frames = model.frame_logits({"audio": audio, "video": ds.video[idx]}, lens[idx])
+        hyps += [model.decode_labels(s) for s in greedy_decode(logp, frames, model.blank)]
+    model.train(was)
+    refs = [model.normalize_text(it["text"]) for it in ds.items]
+    return cer(refs, hyps)
+
+
+__all__ = ["AVClassifier", "AVRecognizer", "VideoEncoder", "fit_av", "accuracy", "pack", "MODALITIES",
+           "fit_av_recognizer", "cer_av"]
