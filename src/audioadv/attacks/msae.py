@@ -593,7 +593,7 @@ def _static_records(model, inputs, adv, targets, targeted, sp, structure):
 
 
 def summarise(method: str, sparsity: float, records: list[dict]) -> dict:
-    """One table row from per-example records (module docstring of `evaluate`)."""
+    """One table row (the columns `evaluate` documents) from per-example records."""
     ok = [r for r in records if r["success"]]
     mean = lambda xs: float(sum(xs) / len(xs)) if xs else math.nan  # noqa: E731
     row = {"method": method, "sparsity": sparsity, "n": len(records),
