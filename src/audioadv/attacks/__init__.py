@@ -23,3 +23,8 @@ from .ipc import ipc  # noqa: E402
 from .sparse import HardThreshold, hard_threshold, sparse  # noqa: E402
 
 __all__ += ["cw_ctc", "imperceptible", "ipc", "sparse", "HardThreshold", "hard_threshold"]
+
+# Masked sparse attacks on audio-visual inputs (one binary mask per modality): returns (adv_inputs, records).
+from .msae import msae  # noqa: E402
+
+__all__ += ["msae"]

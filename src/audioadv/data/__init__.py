@@ -47,6 +47,8 @@ register_loader("speechcommands", True)(_lazy("speechcommands", "load_speechcomm
 register_loader("librispeech", True)(_lazy("librispeech", "load_librispeech"))
 register_loader("urbansound8k", True)(_lazy("urbansound", "load_urbansound8k"))
 register_loader("manifest", True)(_lazy("manifest", "load_manifest"))
+register_loader("synth-av-commands", False)(_lazy("synth_av", "load_synth_av_commands"))
+register_loader("synth-av-phrases", False)(_lazy("synth_av", "load_synth_av_phrases"))
 
 
 def loader_names() -> list[str]:

@@ -40,6 +40,10 @@ for _name, _factory in [("cnn1d-rand", partial(CNN1D, gammatone=False)),
                         ("resemblyzer-speaker", ResemblyzerSpeaker)]:
     register(_name, _factory)
 
+from .av import AVClassifier  # noqa: E402
+
+register("av-commands", AVClassifier)  # dict {"audio", "video"} -> logits (models/av.py)
+
 
 def names() -> list[str]:
     """Registered architecture names."""

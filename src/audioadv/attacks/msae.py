@@ -1,0 +1,656 @@
+r"""MSAE: masked sparse adversarial examples for (audio-visual) speech models.
+
+"Masked Sparse Adversarial Examples for Audio-Visual Speech Recognition" (MSAE; the copy in
+`shared/papers` holds the abstract and demo page only, so the equations below are numbered here,
+(M1)-(M8)): the perturbation of every modality is a binary selective mask times a dense
+perturbation, x'_j = x_j + m_j * delta_j, and the masks are optimised with the lp-box ADMM of
+Wu & Ghanem ("lp-Box ADMM: a versatile framework for integer programming in machine learning",
+TPAMI 2019), which replaces the binary constraint by the intersection of a box and a sphere
+(their lp-box equivalence with p = 2):
+
+    (M1)  min_{m, delta}  c * L_adv(x + m * delta) + sum_j D_j(m_j * delta_j)
+          s.t.  m_j in {0, 1}^{n_j},  1^T m_j = k_j = floor(s_j n_j)   for every modality j
+    (M2)  {0, 1}^n = S_b cap S_p,  S_b = [0, 1]^n,  S_p = {m : ||m - 1/2||^2 = n / 4}   (Wu & Ghanem)
+
+L_adv is the baseline's attack loss (CW hinge on logits for classifiers, Carlini & Wagner 2017
+f_6; CTC loss of the target for recognisers, Carlini & Wagner 2018), D_j the baseline's
+distortion term of modality j (CW: ||.||_2^2; IPC: ||.||_2^2 under |delta_i| <= r |x_i|;
+Imperceptible: alpha * Qin et al.'s masking loss under |delta| <= tau) and s_j the fraction of the
+n_j positions of modality j that may change. With auxiliary y1 in S_b, y2 in S_p, duals z1, z2,
+z3 and penalties rho1 = rho2 = rho3 = rho, the augmented Lagrangian (cardinality written as
+(1^T m - k) / sqrt(n), ours, so that one rho suits any n) is minimised by alternating, per
+modality and example:
+
+    (M3)  y1 <- P_b(m + z1 / rho1) = clip(m + z1 / rho1, 0, 1)
+    (M4)  y2 <- P_p(m + z2 / rho2) = 1/2 + (sqrt(n) / 2) (v - 1/2) / ||v - 1/2||,  v = m + z2 / rho2
+    (M5)  m  <- argmin_m  <g, m> + ||m - m_old||^2 / (2 eta) + <z1, m - y1> + rho1/2 ||m - y1||^2
+                 + <z2, m - y2> + rho2/2 ||m - y2||^2 + z3 (1^T m - k)/sqrt(n) + rho3/2 ((1^T m - k)/sqrt(n))^2
+          with g = grad_m of c * L_adv at (m_old, delta) normalised by its largest entry (linearised
+          ADMM step; the solution is closed form: (a I + (rho3/n) 1 1^T) m = r, a = 1/eta + rho1 + rho2,
+          m = (r - rho3 (1^T r) / (n (a + rho3)) 1) / a by Sherman-Morrison)
+    (M6)  z1 <- z1 + rho1 (m - y1),  z2 <- z2 + rho2 (m - y2),  z3 <- z3 + rho3 (1^T m - k)/sqrt(n)
+    (M7)  rho_i <- min(rho_growth * rho_i, rho_max)
+    (M8)  delta <- Adam step on (M1) at the current m, then the baseline's box
+
+g is the gradient of the attack term only (ours; `mask_gradient="objective"` uses all of (M1)):
+the distortion term's gradient 2 m delta^2 pushes every mask entry down in proportion to the
+perturbation's energy there, i.e. away from the positions the attack needs, while the
+cardinality constraint already sets how many positions are used; the distortion is then
+reduced by the fine-tuning. On the AV classifier (benchmarks/msae_eval.py, 6 clips, 30%) this
+raised the audio SNR of MSAE from 15.5 to 26.0 dB and the video PSNR from 36.4 to 39.9 dB.
+
+Schedule: `warmup` steps of (M8) with m = 1 (dense; the mask gradient g = c grad_x L_adv * delta
+is zero while delta is), `rounds` ADMM iterations (M3)-(M8), then m is binarised by keeping its
+k largest entries (exactly k ones; ties broken by position), delta is replaced by m * delta (the
+perturbation the model saw at the kept positions) and fine-tuned with m fixed for `finetune`
+steps. Successes are recorded in the fine-tuning phase only (binary mask); the least distorted one is returned, else the last iterate. The weight c of
+every example that was not adversarial in the last `adapt_every` steps is raised by `c_up`
+(ours, in place of CW's binary search over c), in the warm-up and fine-tuning phases.
+
+Structured masks (`structure=`): "sample" / "pixel" / "element" (every entry is a position),
+or "frame": audio frames of `audio_frame` samples, or whole video frames (temporal masks).
+
+`msae(model, inputs, targets, ...)` returns `(adv, records)`: adv of the type of `inputs` (a
+tensor is treated as {"audio": tensor}; dict entries that are not attacked pass through
+unchanged) and one record per example (success, realised sparsity per modality, fraction of
+positions changed, l2, audio SNR, video PSNR, fraction of frames touched, iterations, first success,
+final c). `sparsity=1` gives the dense baseline with the same loss, steps and optimiser (no mask);
+`project=` takes per-modality projection hooks such as `attacks.sparse.HardThreshold` (the l0
+proximal baseline). `run_base` calls the library's own speech-to-text attacks (cw_ctc, ipc,
+imperceptible) as the dense baselines of recognisers.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from ..signal import snr as _snr
+from . import _ctc
+from ._util import ADAM_BETAS, ADAM_EPS, hinge, is_adversarial
+from .cw import cw_l2
+from .cw_ctc import cw_ctc
+from .imperceptible import imperceptible
+from .ipc import ipc
+from .sparse import hard_threshold
+
+RANGES = {"audio": (-1.0, 1.0), "video": (0.0, 1.0)}
+UNITS = {"audio": "sample", "video": "pixel"}
+PER_ENTRY = ("sample", "pixel", "element")
+CTC_BASES = {"cw": cw_ctc, "ipc": ipc, "imperceptible": imperceptible}
+
+
+def _default(fn, name):
+    """The default of keyword `name` of a base attack (one place for every default)."""
+    return inspect.signature(fn).parameters[name].default
+
+
+def box_projection(v: torch.Tensor) -> torch.Tensor:
+    """(M3): Euclidean projection onto the box [0, 1]^n."""
+    return v.clamp(0.0, 1.0)
+
+
+def sphere_projection(v: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(M4): projection of each row onto the sphere ||m - 1/2||^2 = n/4 (n = its valid entries;
+    invalid entries are returned as 0). A row at the centre goes to the all-ones point."""
+    valid = torch.ones_like(v, dtype=torch.bool) if valid is None else valid
+    n = valid.sum(1, keepdim=True).to(v.dtype)
+    u = (v - 0.5) * valid
+    norm = u.norm(dim=1, keepdim=True)
+    u = torch.where(norm > 0, u / norm.clamp_min(1e-30), valid.to(v.dtype) / n.clamp_min(1).sqrt())
+    return (0.5 + n.sqrt() / 2 * u) * valid
+
+
+@dataclass
+class _Mod:
+    """One attacked modality: clean x, the position layout of its mask, bounds and ADMM state."""
+
+    key: str
+    x: torch.Tensor
+    unit: str
+    frame: int
+    lo: float
+    hi: float
+    valid: torch.Tensor = None       # (B, n) positions that exist (audio beyond its length does not)
+    k: torch.Tensor = None            # (B,) ones of the final mask
+    state: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return self.valid.shape[1]
+
+    def expand(self, m: torch.Tensor) -> torch.Tensor:
+        """Mask over positions (B, n) -> mask over the input's entries (B, ...)."""
+        b, shape = self.x.shape[0], self.x.shape[1:]
+        if self.unit in PER_ENTRY:
+            return m.reshape(self.x.shape)
+        if self.x.dim() == 2:  # frames of `frame` samples
+            return m.repeat_interleave(self.frame, 1)[:, :shape[0]]
+        return m.reshape(b, shape[0], *([1] * (len(shape) - 1))).expand(self.x.shape)
+
+
+def _make_mod(key, x, unit, frame, lengths, rng):
+    lo, hi = rng
+    if unit not in (*PER_ENTRY, "frame"):
+        raise ValueError(f"msae: structure of {key!r} must be one of {', '.join(PER_ENTRY)} or frame, not {unit!r}")
+    b = x.shape[0]
+    if unit == "frame" and x.dim() < 2:
+        raise ValueError(f"msae: {key!r} has no frame axis (shape {tuple(x.shape)})")
+    if unit in PER_ENTRY:
+        n = x[0].numel()
+        valid = torch.ones(b, n, dtype=torch.bool, device=x.device)
+        if key == "audio" and lengths is not None and x.dim() == 2:
+            valid = torch.arange(n, device=x.device)[None, :] < lengths[:, None]
+    elif x.dim() == 2:
+        n = math.ceil(x.shape[1] / frame)
+        valid = torch.ones(b, n, dtype=torch.bool, device=x.device)
+        if key == "audio" and lengths is not None:
+            valid = torch.arange(n, device=x.device)[None, :] < ((lengths + frame - 1) // frame)[:, None]
+    else:
+        n = x.shape[1]
+        valid = torch.ones(b, n, dtype=torch.bool, device=x.device)
+    return _Mod(key, x, unit, frame, lo, hi, valid)
+
+
+def _per_modality(value, keys, name, default=None):
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(keys))
+        if unknown:
+            raise ValueError(f"msae: {name} names {unknown}, which are not attacked (attacked: {sorted(keys)})")
+        return {k: value.get(k, default) for k in keys}
+    return {k: (default if value is None else value) for k in keys}
+
+
+class _Objective:
+    """Attack loss and per-modality distortion of the chosen baselines (module docstring)."""
+
+    def __init__(self, model, mods, targets, base, lengths, targeted, kappa):
+        self.model, self.mods, self.targeted, self.kappa, self.base = model, mods, targeted, kappa, base
+        first = mods[0].x
+        self.ctc = not torch.is_tensor(targets)
+        self.lengths = lengths
+        if self.ctc:
+            if isinstance(targets, str) or len(targets) != len(first):
+                raise ValueError(f"msae: need one target transcript per example ({len(first)}), got {targets!r:.80}")
+            refs = _ctc.normalize_texts(model, targets)
+            self.refs = refs
+            self.seqs = [model.encode_text(r) for r in refs]
+            if any(not s for s in self.seqs):
+                raise ValueError(f"msae: a target transcript has no character the recogniser knows: {targets!r:.80}")
+            if lengths is None:
+                self.lengths = torch.full((len(first),), next(m.x.shape[1] for m in mods if m.key == "audio")
+                                          if any(m.key == "audio" for m in mods) else 1, dtype=torch.long)
+        else:
+            if targets.dim() != 1 or len(targets) != len(first):
+                raise ValueError(f"msae: targets must be ({len(first)},) class indices, got shape {tuple(targets.shape)}")
+        for m in mods:
+            b = base[m.key]
+            allowed = tuple(CTC_BASES) if (self.ctc and m.key == "audio") else ("cw",)
+            if b not in allowed:
+                raise ValueError(f"msae: base for {m.key!r} must be one of {', '.join(allowed)} here, not {b!r}")
+        self.theta = None
+        if self.ctc and base.get("audio") == "imperceptible":
+            from ..signal.masking import masking_threshold
+            a = next(m.x for m in mods if m.key == "audio")
+            self.theta, self.psd_max = masking_threshold(a, lengths=self.lengths)
+
+    def attack_loss(self, adv_inputs, idx):
+        """(per-example loss, per-example success) for rows idx."""
+        if self.ctc:
+            seqs = [self.seqs[i] for i in idx.tolist()]
+            tg = torch.tensor([c for s in seqs for c in s], dtype=torch.long)
+            tl = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+            loss, hyps = _ctc.ctc_objective(self.model, adv_inputs, self.lengths[idx], tg, tl)
+            ok = _ctc.success_mask(hyps, [self.refs[i] for i in idx.tolist()], self.targeted, loss.device)
+            return (loss if self.targeted else -loss), ok
+        logits = self.model(adv_inputs)
+        lab = self.targets[idx]
+        return hinge(logits, lab, targeted=self.targeted, kappa=self.kappa), \
+            is_adversarial(logits.argmax(1).detach(), lab, self.targeted)
+
+    def distortion(self, m: _Mod, d, idx, alpha):
+        if self.ctc and m.key == "audio" and self.base["audio"] == "imperceptible":
+            from ..signal.masking import masking_loss
+            return alpha * masking_loss(d, self.theta[idx], self.psd_max[idx], self.lengths[idx])
+        return d.flatten(1).pow(2).sum(1)
+
+    def box(self, m: _Mod, delta, params):
+        """The baseline's own constraint on delta, and the valid range of x + delta."""
+        x = m.x
+        if self.ctc and m.key == "audio":
+            b = self.base["audio"]
+            if b == "ipc":
+                lim = params["ratio"] * x.abs()
+                delta = torch.maximum(torch.minimum(delta, lim), -lim)
+            else:
+                delta = delta.clamp(-params["tau"], params["tau"])
+        return torch.maximum(torch.minimum(delta, m.hi - x), m.lo - x)
+
+
+def _base_params(base: str, ctc: bool, key: str) -> dict:
+    """Step size and constraint of a modality's baseline, read from the base attack's signature."""
+    if ctc and key == "audio":
+        fn = CTC_BASES[base]
+        p = {"lr": _default(fn, "lr_stage1" if base == "imperceptible" else "lr"),
+             "l2_weight": 0.0 if base == "imperceptible" else _default(fn, "l2_weight")}
+        if base == "ipc":
+            p["ratio"] = _default(fn, "ratio")
+        else:
+            p["tau"] = _default(fn, "tau")
+        if base == "imperceptible":
+            p["alpha"] = _default(fn, "alpha")
+        return p
+    return {"lr": _default(cw_l2, "lr"), "l2_weight": 1.0}
+
+
+def msae(model, inputs, targets, *, base: str | dict | None = None, sparsity: float | dict = 0.3,
+         targeted: bool = True, lengths=None, structure: dict | None = None, audio_frame: int = 160,
+         warmup: int = 50, rounds: int = 100, finetune: int = 100, c: float = 10.0, c_up: float = 2.0,
+         adapt_every: int = 10, kappa: float = 0.0, lr: dict | None = None, mask_lr: float = 0.05,
+         rho: float = 0.2, rho_growth: float = 1.05, rho_max: float = 10.0, ranges: dict | None = None,
+         project: dict | None = None, mask_gradient: str = "attack"):
+    """MSAE (module docstring, (M1)-(M8)), batched. Returns (adv_inputs, records).
+
+    inputs: a (B, T) waveform tensor, or a dict such as {"audio": (B, T), "video": (B, F, H, W)}
+    (audio in [-1, 1], video in [0, 1]; other keys are passed to the model unchanged). The
+    attacked modalities are the keys of `sparsity` when it is a dict, else every "audio" /
+    "video" entry. targets: (B,) class indices for classifiers (`model(inputs) -> logits`);
+    transcripts for CTC recognisers (`model.frame_logits(inputs, lengths)`, `lengths` = audio
+    lengths in samples). targeted: targets are the wanted outputs (default) or the true ones.
+    base: per-modality baseline, "cw" (CW-l2; for a recogniser's audio, cw_ctc's loss and box),
+    "ipc" or "imperceptible" (recogniser audio only); one string for all or a dict.
+    sparsity: fraction s of each modality's positions that may change (1 = dense baseline, no
+    mask); the mask has exactly floor(s n) ones. structure: per modality "sample"/"pixel"/"element"
+    (default) or "frame" (audio frames of `audio_frame` samples, whole video frames).
+    warmup / rounds / finetune: steps of the three phases. c, c_up, adapt_every, kappa: weight of
+    the attack loss, its increase for examples not yet adversarial, and the CW confidence.
+    lr: Adam step per modality (default: the base attack's). mask_lr (eta), rho, rho_growth, rho_max:
+    ADMM (M5), (M7). ranges: value range per modality for keys other than audio / video.
+    project: per-modality hook `h(delta (B, N), step=, total=, lengths=None)` applied after every
+    step (e.g. `attacks.sparse.HardThreshold`). mask_gradient: g of (M5) from the attack term
+    c * L_adv ("attack") or from the whole objective (M1) ("objective"). The attack draws no random numbers: same inputs,
+    same result (for a model in eval mode).
+    """
+    t0 = time.perf_counter()
+    if mask_gradient not in ("attack", "objective"):
+        raise ValueError(f"msae: mask_gradient must be 'attack' or 'objective', not {mask_gradient!r}")
+    tensor_in = torch.is_tensor(inputs)
+    feed = {"audio": inputs} if tensor_in else dict(inputs)
+    if not isinstance(feed, dict):
+        raise TypeError(f"msae: inputs must be a tensor or a dict of tensors, not {type(inputs).__name__}")
+    keys = list(sparsity) if isinstance(sparsity, dict) else [k for k in ("audio", "video") if k in feed]
+    if not keys:
+        raise ValueError(f"msae: nothing to attack: inputs have keys {sorted(feed)}, sparsity {sparsity!r}")
+    for k in keys:
+        if k not in feed or not torch.is_tensor(feed[k]):
+            raise ValueError(f"msae: sparsity names {k!r}, but inputs have no tensor {k!r} (keys {sorted(feed)})")
+    ranges = {**RANGES, **(ranges or {})}
+    for k in keys:
+        if k not in ranges:
+            raise ValueError(f"msae: no value range for {k!r}; pass ranges={{{k!r}: (lo, hi)}}")
+    spars = _per_modality(sparsity, keys, "sparsity")
+    for k, s in spars.items():
+        if not 0.0 <= float(s) <= 1.0:
+            raise ValueError(f"msae: sparsity of {k!r} must lie in [0, 1], got {s}")
+    bases = _per_modality(base, keys, "base", "cw")
+    units = _per_modality(structure, keys, "structure")
+    hooks = _per_modality(project, keys, "project")
+    b = len(feed[keys[0]])
+    if any(len(feed[k]) != b for k in keys):
+        raise ValueError(f"msae: attacked entries have different batch sizes {[len(feed[k]) for k in keys]}")
+    if lengths is not None:
+        lengths = torch.as_tensor(lengths, dtype=torch.long)
+    mods = []
+    for k in keys:
+        x = feed[k].detach()
+        lo, hi = ranges[k]
+        if x.numel() and (x.min() < lo - 1e-6 or x.max() > hi + 1e-6):
+            raise ValueError(f"msae: {k!r} must lie in [{lo}, {hi}] (got [{float(x.min()):.3g}, {float(x.max()):.3g}])")
+        mods.append(_make_mod(k, x, units[k] or UNITS.get(k, "element"), audio_frame, lengths, (lo, hi)))
+    if not torch.is_tensor(targets) or targets.dtype != torch.long:
+        if torch.is_tensor(targets):
+            targets = targets.long()
+    obj = _Objective(model, mods, targets, bases, lengths, targeted, kappa)
+    if not obj.ctc:
+        obj.targets = targets.to(mods[0].x.device)
+    params = {m.key: _base_params(bases[m.key], obj.ctc, m.key) for m in mods}
+    for k, v in (lr or {}).items():
+        if k not in params:
+            raise ValueError(f"msae: lr names {k!r}, which is not attacked")
+        params[k]["lr"] = float(v)
+    dense = {m.key: float(spars[m.key]) >= 1.0 for m in mods}
+    for m in mods:
+        nb = m.valid.sum(1)
+        m.k = nb if dense[m.key] else torch.floor(float(spars[m.key]) * nb.double() + 1e-9).long()
+
+    # variables: delta per modality (Adam), mask per modality (ADMM state)
+    deltas = {m.key: torch.zeros_like(m.x, requires_grad=True) for m in mods}
+    opt = torch.optim.Adam([{"params": [deltas[m.key]], "lr": params[m.key]["lr"]} for m in mods],
+                           betas=ADAM_BETAS, eps=ADAM_EPS)
+    for m in mods:
+        v = m.valid.to(m.x.dtype)
+        m.state = {"m": v.clone(), "y1": v.clone(), "y2": v.clone(), "z1": torch.zeros_like(v),
+                   "z2": torch.zeros_like(v), "z3": torch.zeros(b, dtype=v.dtype, device=v.device),
+                   "rho": rho}
+    dev = mods[0].x.device
+    cw = torch.full((b,), float(c), device=dev)
+    alpha = params.get("audio", {}).get("alpha", 0.0)
+    any_sparse = not all(dense.values())
+    total = warmup + (rounds if any_sparse else 0) + finetune
+    best_cost = torch.full((b,), math.inf, device=dev)
+    best = {m.key: torch.zeros_like(m.x) for m in mods}
+    success = torch.zeros(b, dtype=torch.bool, device=dev)
+    first = [None] * b
+    ok_window = torch.zeros(b, dtype=torch.bool, device=dev)
+    idx = torch.arange(b, device=dev)
+    binary = False
+
+    def finalise_masks():
+        for m in mods:
+            st = m.state
+            if dense[m.key]:
+                st["m"] = m.valid.to(m.x.dtype)
+            else:
+                soft = st["m"]
+                score = torch.where(m.valid, soft, torch.full_like(soft, -math.inf))
+                st["m"] = hard_threshold(torch.ones_like(soft), m.k, m.valid.sum(1), score=score)
+                with torch.no_grad():  # kept positions start from the perturbation the model saw, m * delta
+                    deltas[m.key].mul_(m.expand(soft.clamp(0.0, 1.0)))
+
+    with _ctc.frozen_weights(model):
+        for step in range(total):
+            admm = any_sparse and warmup <= step < warmup + rounds
+            if step == warmup + (rounds if any_sparse else 0) and not binary:
+                finalise_masks()
+                binary = True
+                ok_window.zero_()  # c now adapts to the binary mask's successes
+            masks = {}
+            for m in mods:
+                mm = m.state["m"].detach()
+                if admm and not dense[m.key]:
+                    mm = mm.clone().requires_grad_(True)
+                elif not binary:
+                    mm = m.valid.to(m.x.dtype)  # warm-up: dense
+                masks[m.key] = mm
+            adv = dict(feed)
+            dist = torch.zeros(b, device=dev)
+            pert = {}
+            for m in mods:
+                d = m.expand(masks[m.key]) * deltas[m.key]
+                xa = (m.x + d).clamp(m.lo, m.hi)
+                pert[m.key] = xa - m.x
+                adv[m.key] = xa
+                if obj.ctc and m.key == "audio" and bases["audio"] == "imperceptible":
+                    dist = dist + obj.distortion(m, pert[m.key], idx, alpha)
+                else:
+                    dist = dist + params[m.key]["l2_weight"] * pert[m.key].flatten(1).pow(2).sum(1)
+            loss_adv, ok = obj.attack_loss(adv["audio"] if tensor_in else adv, idx)
+            ok = ok.to(dev)
+            if binary and ready(hooks, step, total):
+                cost = dist.detach()
+                better = ok & (cost < best_cost)
+                if better.any():
+                    best_cost[better] = cost[better]
+                    for m in mods:
+                        best[m.key][better] = pert[m.key].detach()[better]
+                for i in ok.nonzero().flatten().tolist():
+                    if first[i] is None:
+                        first[i] = step
+                success |= ok
+            ok_window |= ok
+            total_loss = (cw * loss_adv + dist).sum()
+            grads_m = [masks[m.key] for m in mods if masks[m.key].requires_grad]
+            opt.zero_grad()
+            gm = torch.autograd.grad(total_loss, [deltas[m.key] for m in mods] + grads_m, retain_graph=bool(grads_m))
+            if grads_m and mask_gradient == "attack":
+                gm = list(gm[:len(mods)]) + list(torch.autograd.grad((cw * loss_adv).sum(), grads_m))
+            for m, g in zip(mods, gm[:len(mods)]):
+                deltas[m.key].grad = g
+            opt.step()
+            with torch.no_grad():
+                for m in mods:
+                    d = obj.box(m, deltas[m.key], params[m.key])
+                    if hooks[m.key] is not None:
+                        flat = d.flatten(1)
+                        ln = lengths if (m.key == "audio" and lengths is not None and m.x.dim() == 2) else None
+                        d = hooks[m.key](flat, step=step, total=total, lengths=ln).view_as(d)
+                    deltas[m.key].copy_(d)
+                if admm:
+                    gi = iter(gm[len(mods):])
+                    for m in mods:
+                        if not dense[m.key]:
+                            _admm_step(m, next(gi), mask_lr, rho_growth, rho_max)
+            if (step + 1) % adapt_every == 0:
+                if not admm:  # the relaxed mask's failures say nothing about the binary one's
+                    cw[~ok_window] *= c_up
+                ok_window.zero_()
+    if not binary:
+        finalise_masks()
+    with torch.no_grad():
+        out = dict(feed)
+        final = {}
+        for m in mods:
+            d = torch.where(success.view(-1, *([1] * (m.x.dim() - 1))).to(m.x.device), best[m.key],
+                            (m.x + m.expand(m.state["m"]) * deltas[m.key]).clamp(m.lo, m.hi) - m.x)
+            final[m.key] = d
+            out[m.key] = m.x + d
+        records = _records(mods, final, success, first, total, cw, time.perf_counter() - t0)
+    return (out["audio"] if tensor_in else out), records
+
+
+def ready(hooks, step, total) -> bool:
+    """Whether every projection hook already enforces its final constraint at `step`."""
+    return all(h is None or not hasattr(h, "ready_step") or step > h.ready_step(total) for h in hooks.values())
+
+
+def _admm_step(m: _Mod, g: torch.Tensor, eta: float, growth: float, rho_max: float) -> None:
+    """(M3)-(M7) for one modality, all examples at once."""
+    st, valid = m.state, m.valid
+    vf = valid.to(g.dtype)
+    rho = st["rho"]
+    mo = st["m"]
+    n = vf.sum(1, keepdim=True).clamp_min(1)
+    k = m.k.to(g.dtype)[:, None]
+    g = g * vf
+    g = g / g.abs().amax(1, keepdim=True).clamp_min(1e-30)
+    y1 = box_projection(mo + st["z1"] / rho) * vf                                    # (M3)
+    y2 = sphere_projection(mo + st["z2"] / rho, valid)                               # (M4)
+    a = 1.0 / eta + 2 * rho                                                          # (M5)
+    r = (mo / eta - g - st["z1"] - st["z2"] + rho * y1 + rho * y2
+         - st["z3"][:, None] / n.sqrt() + rho * k / n) * vf
+    new = (r - rho * r.sum(1, keepdim=True) / (n * (a + rho))) / a * vf
+    st["z1"] = st["z1"] + rho * (new - y1)                                           # (M6)
+    st["z2"] = st["z2"] + rho * (new - y2)
+    st["z3"] = st["z3"] + rho * (new.sum(1) - k[:, 0]) / n[:, 0].sqrt()
+    st["m"], st["y1"], st["y2"] = new, y1, y2
+    st["rho"] = min(rho * growth, rho_max)                                           # (M7)
+
+
+def _records(mods, final, success, first, total, cw, seconds) -> list[dict]:
+    recs = [{"success": bool(success[i]), "iterations": total, "first_success": first[i], "c": float(cw[i]),
+             "seconds": seconds, "sparsity": {}, "changed": {}, "l2": {}} for i in range(len(success))]
+    for m in mods:
+        d = final[m.key]
+        mask = m.state["m"]
+        nb = m.valid.sum(1)
+        # a position is changed when any entry it covers is
+        changed_pos = _positions(m, d != 0)
+        for i, r in enumerate(recs):
+            n = int(nb[i])
+            r["sparsity"][m.key] = float(mask[i].sum()) / max(n, 1)
+            r["changed"][m.key] = float(changed_pos[i].sum()) / max(n, 1)
+            r["l2"][m.key] = float(d[i].norm())
+        if m.key == "audio" and m.x.dim() == 2:
+            s = _snr(m.x, d)
+            for i, r in enumerate(recs):
+                r["snr_db"] = float(s[i])
+        if m.key == "video":
+            mse = d.flatten(1).pow(2).mean(1)
+            psnr = 10 * torch.log10((m.hi - m.lo) ** 2 / mse.clamp_min(1e-30))
+            touched = (d != 0).flatten(2).any(2).float().mean(1)
+            for i, r in enumerate(recs):
+                r["psnr_db"] = float(psnr[i]) if mse[i] > 0 else math.inf
+                r["frames_touched"] = float(touched[i])
+    return recs
+
+
+def _positions(m: _Mod, changed: torch.Tensor) -> torch.Tensor:
+    """(B, ...) bool over entries -> (B, n) bool over mask positions."""
+    b = changed.shape[0]
+    if m.unit in PER_ENTRY:
+        return changed.reshape(b, -1)
+    if m.x.dim() == 2:
+        t = changed.shape[1]
+        pad = m.n * m.frame - t
+        return torch.nn.functional.pad(changed, (0, pad)).reshape(b, m.n, m.frame).any(2)
+    return changed.flatten(2).any(2)
+
+
+def topk_of(inputs, adv, sparsity: float | dict, *, structure: dict | None = None, audio_frame: int = 160):
+    """Keep, per modality and example, the floor(s n) positions of largest perturbation energy of
+    a dense adversarial example and reset the rest to the clean input (the 'top-k of a dense
+    perturbation' baseline). Returns inputs of the type of `inputs`."""
+    tensor_in = torch.is_tensor(inputs)
+    clean = {"audio": inputs} if tensor_in else dict(inputs)
+    a = {"audio": adv} if tensor_in else dict(adv)
+    keys = list(sparsity) if isinstance(sparsity, dict) else [k for k in ("audio", "video") if k in clean]
+    spars = _per_modality(sparsity, keys, "sparsity")
+    units = _per_modality(structure, keys, "structure")
+    out = dict(a)
+    for k in keys:
+        m = _make_mod(k, clean[k], units[k] or UNITS.get(k, "element"), audio_frame, None, RANGES.get(k, (0, 1)))
+        d = a[k] - clean[k]
+        energy = _energy(m, d)
+        kk = torch.floor(float(spars[k]) * m.valid.sum(1).double() + 1e-9).long()
+        keep = hard_threshold(torch.ones_like(energy), kk, score=energy)
+        out[k] = clean[k] + m.expand(keep) * d
+    return out["audio"] if tensor_in else out
+
+
+def _energy(m: _Mod, d: torch.Tensor) -> torch.Tensor:
+    b = d.shape[0]
+    e = d.pow(2)
+    if m.unit in PER_ENTRY:
+        return e.reshape(b, -1)
+    if m.x.dim() == 2:
+        pad = m.n * m.frame - d.shape[1]
+        return torch.nn.functional.pad(e, (0, pad)).reshape(b, m.n, m.frame).sum(2)
+    return e.flatten(2).sum(2)
+
+
+def evaluate(model, inputs, targets, *, sparsities: Sequence[float] = (0.1, 0.3, 0.5), base=None,
+             structure: dict | None = None, targeted: bool = True, **kwargs) -> list[dict]:
+    """Dense baseline vs MSAE vs top-k of the dense perturbation vs l0 proximal thresholding
+    (`attacks.sparse.HardThreshold` in the same loop) at each sparsity (the same on every attacked
+    modality) on a classifier. Every run gets the same number of steps (warmup + rounds + finetune;
+    `kwargs` go to `msae`). Returns one row per (method, sparsity): success rate, mean realised
+    sparsity per modality, and over the successful examples the mean audio SNR (dB), video PSNR
+    (dB), fraction of video frames touched and l2 per modality."""
+    from .sparse import HardThreshold
+    warm = kwargs.pop("warmup", _default(msae, "warmup"))
+    rnd = kwargs.pop("rounds", _default(msae, "rounds"))
+    fine = kwargs.pop("finetune", _default(msae, "finetune"))
+    keys = [k for k in ("audio", "video") if (k == "audio" and torch.is_tensor(inputs)) or
+            (isinstance(inputs, dict) and k in inputs)]
+    common = dict(base=base, structure=structure, targeted=targeted, **kwargs)
+    rows = []
+    dense, rec = msae(model, inputs, targets, sparsity={k: 1.0 for k in keys}, warmup=warm, rounds=0,
+                      finetune=rnd + fine, **common)
+    rows.append(summarise("dense", 1.0, rec))
+    for s in sparsities:
+        sp = {k: float(s) for k in keys}
+        _, rec = msae(model, inputs, targets, sparsity=sp, warmup=warm, rounds=rnd, finetune=fine, **common)
+        rows.append(summarise("msae", s, rec))
+        top = topk_of(inputs, dense, sp, structure=structure)
+        rows.append(summarise("topk-dense", s, _static_records(model, inputs, top, targets, targeted, sp, structure)))
+        if structure is None:  # the l0 step thresholds entries, not frames
+            hooks = {k: HardThreshold(1.0 - float(s)) for k in keys}  # its sparsity = fraction zeroed
+            _, rec = msae(model, inputs, targets, sparsity={k: 1.0 for k in keys}, warmup=warm, rounds=0,
+                          finetune=rnd + fine, project=hooks, **common)
+            rows.append(summarise("l0-prox", s, rec))
+    return rows
+
+
+@torch.no_grad()
+def _static_records(model, inputs, adv, targets, targeted, sp, structure):
+    """Records (as `msae` gives them) of a fixed adversarial input."""
+    clean = {"audio": inputs} if torch.is_tensor(inputs) else inputs
+    a = {"audio": adv} if torch.is_tensor(adv) else adv
+    pred = model(adv).argmax(1)
+    ok = is_adversarial(pred, targets, targeted)
+    mods, final = [], {}
+    for k in sp:
+        m = _make_mod(k, clean[k], (structure or {}).get(k) or UNITS.get(k, "element"), 160, None, RANGES[k])
+        m.state = {"m": (_positions(m, a[k] != clean[k])).to(clean[k].dtype)}
+        mods.append(m)
+        final[k] = a[k] - clean[k]
+    recs = _records(mods, final, ok.cpu(), [None] * len(ok), 0, torch.zeros(len(ok)), 0.0)
+    return recs
+
+
+def summarise(method: str, sparsity: float, records: list[dict]) -> dict:
+    """One table row (the columns `evaluate` documents) from per-example records."""
+    ok = [r for r in records if r["success"]]
+    mean = lambda xs: float(sum(xs) / len(xs)) if xs else math.nan  # noqa: E731
+    row = {"method": method, "sparsity": sparsity, "n": len(records),
+           "success": sum(r["success"] for r in records) / max(len(records), 1)}
+    for k in records[0]["sparsity"]:
+        row[f"realised_{k}"] = mean([r["sparsity"][k] for r in records])
+        row[f"changed_{k}"] = mean([r["changed"][k] for r in records])
+        row[f"l2_{k}"] = mean([r["l2"][k] for r in ok])
+    if "snr_db" in records[0]:
+        row["snr_db"] = mean([r["snr_db"] for r in ok])
+    if "psnr_db" in records[0]:
+        row["psnr_db"] = mean([r["psnr_db"] for r in ok])
+        row["frames_touched"] = mean([r["frames_touched"] for r in ok])
+    return row
+
+
+class AudioView(torch.nn.Module):
+    """An audio-visual recogniser seen as an audio-only one, the video held fixed: lets the
+    library's speech-to-text attacks (which perturb a waveform tensor) attack the audio of an AV
+    model."""
+
+    def __init__(self, model, video: torch.Tensor):
+        super().__init__()
+        self.model, self.video = model, video
+        self.blank, self.sample_rate = model.blank, model.sample_rate
+
+    def frame_logits(self, wav, lengths=None):
+        return self.model.frame_logits({"audio": wav, "video": self.video[:len(wav)]}, lengths)
+
+    def encode_text(self, text):
+        return self.model.encode_text(text)
+
+    def decode_labels(self, ids):
+        return self.model.decode_labels(ids)
+
+    def normalize_text(self, text):
+        return self.model.normalize_text(text)
+
+
+def run_base(name: str, model, inputs, targets: Sequence[str], *, lengths=None, **kwargs):
+    """The dense baseline `name` ("cw", "ipc", "imperceptible") of a recogniser's audio, through the
+    library's own attack, as (adv, records) with one dict per utterance. Dict inputs: the
+    video (and any other entry) is held fixed and passed through."""
+    if name not in CTC_BASES:
+        raise ValueError(f"run_base: unknown baseline {name!r}; known: {', '.join(CTC_BASES)}")
+    fn = CTC_BASES[name]
+    if torch.is_tensor(inputs):
+        wav, view = inputs, model
+    else:
+        wav, view = inputs["audio"], AudioView(model, inputs["video"])
+    info: dict = {}
+    adv = fn(view, wav, list(targets), lengths=lengths, info=info, **kwargs)  # the one call of a base attack
+    n = len(wav)
+    records = [{k: (v[i] if isinstance(v, (list, tuple)) and len(v) == n else v) for k, v in info.items()}
+               for i in range(n)]
+    return (adv if torch.is_tensor(inputs) else {**inputs, "audio": adv}), records
+
+
+__all__ = ["msae", "evaluate", "summarise", "box_projection", "sphere_projection", "topk_of", "run_base",
+           "AudioView", "RANGES"]
