@@ -205,7 +205,9 @@ class _Objective:
             tg = torch.tensor([c for s in seqs for c in s], dtype=torch.long)
             tl = torch.tensor([len(s) for s in seqs], dtype=torch.long)
             loss, hyps = _ctc.ctc_objective(self.model, adv_inputs, self.lengths[idx], tg, tl)
-            ok = _ctc.success_mask(hyps, [self.refs[i] for i in idx.tolist()], self.targeted, loss.device)
+            refs = [self.refs[i] for i in idx.tolist()]
+            ok = torch.tensor([(h == r) == self.targeted for h, r in zip(hyps, refs)], dtype=torch.bool,
+                              device=loss.device)
             return (loss if self.targeted else -loss), ok
         logits = self.model(adv_inputs)
         lab = self.targets[idx]
@@ -621,7 +623,8 @@ class AudioView(torch.nn.Module):
         self.blank, self.sample_rate = model.blank, model.sample_rate
 
     def frame_logits(self, wav, lengths=None):
-        return self.model.frame_logits({"audio": wav, "video": self.video[:len(wav)]}, lengths)
+        video = self.video.expand(len(wav), *self.video.shape[1:])     # one utterance's video, every row
+        return self.model.frame_logits({"audio": wav, "video": video}, lengths)
 
     def encode_text(self, text):
         return self.model.encode_text(text)
@@ -641,14 +644,19 @@ def run_base(name: str, model, inputs, targets: Sequence[str], *, lengths=None, 
         raise ValueError(f"run_base: unknown baseline {name!r}; known: {', '.join(CTC_BASES)}")
     fn = CTC_BASES[name]
     if torch.is_tensor(inputs):
-        wav, view = inputs, model
-    else:
-        wav, view = inputs["audio"], AudioView(model, inputs["video"])
-    info: dict = {}
-    adv = fn(view, wav, list(targets), lengths=lengths, info=info, **kwargs)  # the one call of a base attack
-    n = len(wav)
-    records = [{k: (v[i] if isinstance(v, (list, tuple)) and len(v) == n else v) for k, v in info.items()}
-               for i in range(n)]
+        adv, records = fn(model, inputs, list(targets), lengths=lengths, **kwargs)
+        return adv, records
+    # the attacks batch utterances as they see fit, so each utterance is attacked with its own video held
+    # fixed (their results do not depend on the batch: the same numbers as one batched call)
+    wav = inputs["audio"]
+    lengths = torch.full((len(wav),), wav.shape[1]) if lengths is None else torch.as_tensor(lengths)
+    advs, records = [], []
+    for i in range(len(wav)):
+        view = AudioView(model, inputs["video"][i:i + 1])
+        a, r = fn(view, wav[i:i + 1], [targets[i]], lengths=lengths[i:i + 1], **kwargs)
+        advs.append(a)
+        records += r
+    adv = torch.cat(advs)
     return (adv if torch.is_tensor(inputs) else {**inputs, "audio": adv}), records
 
 
