@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._util import HIGH, LOW, bview, check_audio, is_adversarial, split_inputs
+from ._util import HIGH, LOW, bview, check_audio, is_adversarial, seeded_generators, split_inputs
 
 
 def ddn(model, inputs, labels, *, targeted: bool = False, steps: int = 100, init_norm: float = 1.0,
@@ -27,13 +27,14 @@ def ddn(model, inputs, labels, *, targeted: bool = False, steps: int = 100, init
     steps: iterations K. init_norm: starting norm eps_0. gamma: norm update factor.
     alpha, alpha_min: step size, annealed from alpha to alpha_min by a cosine schedule.
     labels: true classes (untargeted) or target classes (targeted). Points never made
-    adversarial are returned unchanged. ``seed`` drives the random direction used when a gradient is zero.
+    adversarial are returned unchanged. ``seed`` drives the random direction used when a gradient is zero
+    (one generator per example, so results do not depend on the batch).
     """
     audio, rebuild = split_inputs(inputs)
     check_audio(audio, labels, "ddn")
     x = audio.detach()
     labels = labels.to(x.device)
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    gens = None             # per-example generators, made when a gradient first vanishes
     sign = 1.0 if targeted else -1.0
     delta = torch.zeros_like(x, requires_grad=True)
     norm = torch.full((len(x),), float(init_norm), device=x.device, dtype=x.dtype)
@@ -52,7 +53,10 @@ def ddn(model, inputs, labels, *, targeted: bool = False, steps: int = 100, init
         gnorm = grad.flatten(1).norm(dim=1)
         zero = gnorm == 0
         if zero.any():
-            grad[zero] = torch.randn(grad[zero].shape, generator=g).to(grad)
+            if gens is None:
+                gens = seeded_generators(seed, range(len(x)), "cpu")
+            grad[zero] = torch.stack([torch.randn(x.shape[1:], generator=gens[i])
+                                      for i in zero.nonzero().flatten().tolist()]).to(grad)
             gnorm = grad.flatten(1).norm(dim=1)
         with torch.no_grad():
             delta -= alpha_i * grad / bview(gnorm, grad)          # descent on sign * CE
