@@ -40,14 +40,16 @@ def ddn(model, inputs, labels, *, targeted: bool = False, steps: int = 100, init
     norm = torch.full((len(x),), float(init_norm), device=x.device, dtype=x.dtype)
     best_l2 = torch.full((len(x),), float("inf"), device=x.device, dtype=x.dtype)
     best_delta = torch.zeros_like(x)
+    lo, hi = LOW - x, HIGH - x      # the box for delta, so that x + delta stays in [-1, 1]
     for i in range(steps):
         alpha_i = alpha_min + 0.5 * (alpha - alpha_min) * (1 + math.cos(math.pi * i / steps))
         logits = model(rebuild(x + delta))
         l2 = delta.detach().flatten(1).norm(dim=1)
         adv = is_adversarial(logits.argmax(1), labels, targeted)
         better = adv & (l2 < best_l2)
-        best_l2 = torch.where(better, l2, best_l2)
-        best_delta = torch.where(bview(better, x), delta.detach(), best_delta)
+        if better.any():
+            best_l2 = torch.where(better, l2, best_l2)
+            best_delta[better] = delta.detach()[better]
         loss = sign * F.cross_entropy(logits, labels, reduction="sum")
         grad, = torch.autograd.grad(loss, delta)
         gnorm = grad.flatten(1).norm(dim=1)
@@ -55,19 +57,19 @@ def ddn(model, inputs, labels, *, targeted: bool = False, steps: int = 100, init
         if zero.any():
             if gens is None:
                 gens = seeded_generators(seed, range(len(x)), "cpu")
-            grad[zero] = torch.stack([torch.randn(x.shape[1:], generator=gens[i])
-                                      for i in zero.nonzero().flatten().tolist()]).to(grad)
+            grad[zero] = torch.stack([torch.randn(x.shape[1:], generator=gens[j])
+                                      for j in zero.nonzero().flatten().tolist()]).to(grad)
             gnorm = grad.flatten(1).norm(dim=1)
         with torch.no_grad():
-            delta -= alpha_i * grad / bview(gnorm, grad)          # descent on sign * CE
+            delta.sub_(grad.mul_(bview(alpha_i / gnorm, grad)))   # descent on sign * CE
             norm.mul_(1 - (2 * adv.to(x.dtype) - 1) * gamma)       # shrink if adversarial, else grow
             dnorm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
             delta.mul_(bview(norm / dnorm, delta))
-            delta.copy_((x + delta).clamp(LOW, HIGH) - x)
+            torch.clamp(delta, lo, hi, out=delta)
     # the final iterate may also be the best
     with torch.no_grad():
         logits = model(rebuild(x + delta))
         l2 = delta.flatten(1).norm(dim=1)
         better = is_adversarial(logits.argmax(1), labels, targeted) & (l2 < best_l2)
-        best_delta = torch.where(bview(better, x), delta.detach(), best_delta)
-    return rebuild((x + best_delta).detach())
+        best_delta[better] = delta.detach()[better]
+    return rebuild((x + best_delta).clamp(LOW, HIGH))
