@@ -193,11 +193,12 @@ class Smooth:
                     if buf is None:
                         z = st["z"]
                         buf = torch.empty((batch_size, *z.shape), device=z.device, dtype=z.dtype)
-                        spare = torch.empty_like(buf)
                         seg_ids = torch.empty(batch_size, dtype=torch.long, device=z.device)
                     stage, b = st["chunks"][st["pos"]]
                     st["pos"] += 1
                     # each chunk is drawn whole, as `certify` alone draws it: the same numbers in any packing
+                    if split and spare is None:
+                        spare = torch.empty_like(buf)
                     dest = spare[:b] if split else buf[fill:fill + b]
                     dest.normal_(0.0, self.sigma, generator=st["g"]).add_(st["z"])
                     if split:
