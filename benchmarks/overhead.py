@@ -200,7 +200,11 @@ def certify_rows(args, repeats: int) -> list[dict]:
     model = frozen(models.create(args.classifier, num_classes=10, input_length=args.length))
     smooth = Smooth(model, 10, args.sigma, at="waveform")
     x = (0.1 * torch.randn(args.length)).clamp(-1, 1)
-    sizes = _chunks(args.n0, args.cert_batch) + _chunks(args.n, args.cert_batch)
+    # the batches the method runs: n0 then n in pieces of the batch size, or full batches where the copies
+    # are packed (Smooth.certify_many); on a CPU the per-copy cost of the model depends on the batch size
+    packed = hasattr(smooth, "certify_many")
+    sizes = (_chunks(args.n0 + args.n, args.cert_batch) if packed
+             else _chunks(args.n0, args.cert_batch) + _chunks(args.n, args.cert_batch))
     noisy = x + args.sigma * torch.randn(args.cert_batch, args.length)
     batches = [noisy[:b] for b in sizes]
     best = fastest({"ref": ref_forward(model, batches),
@@ -208,11 +212,11 @@ def certify_rows(args, repeats: int) -> list[dict]:
     rows = [_row("certify (Smooth.certify)", "certification",
                  f"{args.classifier} n0={args.n0} n={args.n} batch={args.cert_batch} T={args.length}",
                  len(sizes), best, "certify", "fwd")]
-    # a dataset: the noisy copies of several examples share full batches (Smooth.certify_many); the
-    # reference is the bare model on the same number of copies in full batches
+    # a small dataset: with Smooth.certify_many the noisy copies of several examples share full batches
     k = args.cert_examples
     xs = (0.1 * torch.randn(k, args.length)).clamp(-1, 1)
-    full = _chunks(k * (args.n0 + args.n), args.cert_batch)
+    full = (_chunks(k * (args.n0 + args.n), args.cert_batch) if packed
+            else k * (_chunks(args.n0, args.cert_batch) + _chunks(args.n, args.cert_batch)))
     batches = [noisy[:b] for b in full]
     if hasattr(smooth, "certify_many"):
         many = lambda: list(smooth.certify_many(xs, args.n0, args.n, 0.001, args.cert_batch, seeds=range(k)))
