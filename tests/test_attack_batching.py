@@ -133,3 +133,13 @@ def test_rebuild_slices_other_entries_once_per_row_set():
     c = rebuild(torch.ones(2, 5), rows=torch.tensor([1, 3]))
     assert torch.equal(c["video"], video[[1, 3]])
     assert rebuild(audio)["video"] is video
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_empty_batch_and_bad_batch_size(setup, name):
+    model, x, y = setup
+    fn, kw = CASES[name]
+    out = fn(model, x[:0], y[:0], batch_size=4, **kw)
+    assert out.shape == (0, x.shape[1])
+    with pytest.raises(ValueError, match="batch_size"):
+        fn(model, x, y, batch_size=0, **kw)

@@ -195,7 +195,7 @@ def test_certify_dataset_resumes(tmp_path):
     calls.clear()
     rows2 = certify_dataset(smooth, waves, labels, out, n0=5, n=50, alpha=0.01, batch_size=64, progress=False)
     assert sum(calls) == 2 * (5 + 50)     # two examples redone; their noisy copies share the batches
-    assert calls == [64, 46]              # full batches: the n chunk of example 3 is split over two
+    assert calls == [60, 50]              # first fit: n0 and n of example 2 with n0 of example 3, then its n
     strip = lambda r: {k: v for k, v in r.items() if k != "time_s"}
     assert [strip(r) for r in read_results(out)] == [strip(json.loads(line)) for line in first]
     assert [r["radius"] for r in rows2] == [r["radius"] for r in rows]
@@ -264,26 +264,27 @@ def test_certify_many_packs_examples_and_matches_certify_alone():
     smooth = Smooth(model, num_classes=3, sigma=0.5)
     xs = 0.3 * torch.randn(7, 16)
     seeds = [11 + i for i in range(7)]
-    alone = [smooth.certify(x, n0=7, n=45, alpha=0.01, batch_size=32, seed=s) for x, s in zip(xs, seeds)]
+    alone = [smooth.certify(x, n0=8, n=64, alpha=0.01, batch_size=32, seed=s) for x, s in zip(xs, seeds)]
     model.sizes.clear()
-    many = {i: (c, r) for i, c, r, _ in smooth.certify_many(xs, 7, 45, 0.01, 32, seeds=seeds)}
+    many = {i: (c, r) for i, c, r, _ in smooth.certify_many(xs, 8, 64, 0.01, 32, seeds=seeds)}
     assert [many[i] for i in range(7)] == alone
     assert len({c for c, _ in alone}) > 1 and len({r for _, r in alone}) > 2   # not a trivial model
-    # chunks of 7 and 32 + 13 per example, first fit into batches of 32: all full but the last
+    # chunks of 8, 32 and 32 per example, first fit into batches of 32: the n0 stages of four examples
+    # share one batch; only the n0 stages of the last three leave a batch part-empty
     sizes = model.sizes
-    assert sum(sizes) == 7 * (7 + 45) and all(s == 32 for s in sizes[:-1]) and sizes[-1] <= 32
+    assert sum(sizes) == 7 * (8 + 64) and sizes.count(32) == len(sizes) - 1 and 24 in sizes
     assert len(sizes) < 7 * 3                                    # each alone needs 3 passes
     # the draws are those of the stage-by-stage algorithm: n0 then n samples from the example's generator
     g = torch.Generator().manual_seed(seeds[2])
-    c0 = smooth.sample_counts(xs[2], 7, 32, generator=g)
-    c1 = smooth.sample_counts(xs[2], 45, 32, generator=g)
+    c0 = smooth.sample_counts(xs[2], 8, 32, generator=g)
+    c1 = smooth.sample_counts(xs[2], 64, 32, generator=g)
     c_a = int(c0.argmax())
-    pa = lower_confidence_bound(int(c1[c_a]), 45, 0.01)
+    pa = lower_confidence_bound(int(c1[c_a]), 64, 0.01)
     assert alone[2] == ((c_a, radius(0.5, pa)) if pa >= 0.5 else (Smooth.ABSTAIN, 0.0))
     with pytest.raises(ValueError, match="seeds"):
-        list(smooth.certify_many(xs, 7, 45, 0.01, 32, seeds=seeds[:3]))
+        list(smooth.certify_many(xs, 8, 64, 0.01, 32, seeds=seeds[:3]))
     with pytest.raises(ValueError, match="batch_size"):
-        smooth.certify(xs[0], 7, 45, 0.01, 0)
+        smooth.certify(xs[0], 8, 64, 0.01, 0)
 
 
 def test_certify_dataset_is_independent_of_batch_size(tmp_path):

@@ -110,12 +110,14 @@ def batch_loop(n: int, batch_size: int | None, start: Callable[[torch.Tensor], d
     the state rows of those; they leave, and the next waiting examples take their places, so the
     batch stays full while examples remain. Each example's computation depends only on its own rows.
     """
-    size = n if batch_size is None else int(batch_size)
-    if size < 1:
+    if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if n == 0:
+        return
+    size = n if batch_size is None else int(batch_size)
     nxt = min(size, n)
-    state = start(torch.arange(nxt)) if nxt else None
-    while state is not None and len(state["ids"]):
+    state = start(torch.arange(nxt))
+    while len(state["ids"]):
         done = step(state)
         if not bool(done.any()):
             continue

@@ -110,8 +110,10 @@ class Smooth:
         The noisy copies of several examples share the base model's batches: an example's draws come
         from its own generator in the same chunks as `certify` alone (n0 then n, in pieces of at most
         batch_size), and the chunks of the open examples are packed first-fit into batches of
-        batch_size, a chunk that fits nowhere being split across two batches, so every batch but the
-        last is full (small n0 stages included). Results do not depend on the packing. seconds:
+        batch_size: the n0 stages of several examples fill a batch together, and batches are full whenever
+        the chunk sizes fit (n0 dividing batch_size, batch_size dividing n). Chunks are not split over
+        two batches: that would cost a copy of the noise, more than a part-empty batch costs on a CPU.
+        Results do not depend on the packing. seconds:
         the example's share (by rows) of the time of the batches it took part in.
         """
         for name, v in (("n0", n0), ("n", n), ("batch_size", batch_size)):
@@ -155,7 +157,7 @@ class Smooth:
         nxt = 0
         smallest = min(min(stages), batch_size)
         max_open = max(2, min(1024, -(-batch_size // smallest) + 1))
-        buf = spare = seg_ids = carry = None
+        buf = seg_ids = None
         total = n_ex * sum(stages)
         bar = tqdm(total=total, desc=f"certify @ {self.at}", leave=False, disable=not progress)
 
@@ -169,43 +171,25 @@ class Smooth:
             while open_ or nxt < n_ex:
                 t0 = time.perf_counter()
                 fill, segs = 0, []
-                if carry is not None:           # the rest of a chunk split by the previous batch
-                    st, stage, rows = carry
-                    carry = None
-                    buf[:len(rows)] = rows
-                    seg_ids[:len(rows)] = 0
-                    segs.append((st, stage, len(rows)))
-                    fill = len(rows)
                 while fill < batch_size:
                     # first fit: the oldest open example whose next chunk fits; else open a new example
                     st = next((e for e in open_ if e["pos"] < len(e["chunks"])
                                and e["chunks"][e["pos"]][1] <= batch_size - fill), None)
-                    if st is None and nxt < n_ex and len(open_) < max_open:
+                    if st is None:
+                        if nxt >= n_ex or len(open_) >= max_open:
+                            break
                         open_.append(opened(nxt))
                         nxt += 1
                         continue
-                    split = False
-                    if st is None:                  # nothing fits: split the oldest pending chunk
-                        st = next((e for e in open_ if e["pos"] < len(e["chunks"])), None)
-                        if st is None:
-                            break
-                        split = True
                     if buf is None:
                         z = st["z"]
                         buf = torch.empty((batch_size, *z.shape), device=z.device, dtype=z.dtype)
                         seg_ids = torch.empty(batch_size, dtype=torch.long, device=z.device)
                     stage, b = st["chunks"][st["pos"]]
                     st["pos"] += 1
-                    # each chunk is drawn whole, as `certify` alone draws it: the same numbers in any packing
-                    if split and spare is None:
-                        spare = torch.empty_like(buf)
-                    dest = spare[:b] if split else buf[fill:fill + b]
-                    dest.normal_(0.0, self.sigma, generator=st["g"]).add_(st["z"])
-                    if split:
-                        room = batch_size - fill
-                        buf[fill:] = dest[:room]
-                        carry = (st, stage, dest[room:])
-                        b = room
+                    # each chunk drawn whole, in place, as `certify` alone draws it: the same numbers in any
+                    # packing, without a copy (splitting chunks over batches would need one)
+                    buf[fill:fill + b].normal_(0.0, self.sigma, generator=st["g"]).add_(st["z"])
                     seg_ids[fill:fill + b] = len(segs)
                     segs.append((st, stage, b))
                     fill += b
@@ -219,7 +203,7 @@ class Smooth:
                     st["left"] -= b
                     st["secs"] += secs * b
                 bar.update(fill)
-                for st in [e for e in open_ if e["left"] == 0 and (carry is None or carry[0] is not e)]:
+                for st in [e for e in open_ if e["left"] == 0]:
                     open_.remove(st)
                     c = st["counts"].cpu().numpy()
                     yield st["i"], c[0], c[-1], st["secs"]
