@@ -194,7 +194,8 @@ def test_certify_dataset_resumes(tmp_path):
     out.write_text("\n".join(first[:2]) + "\n" + first[2][:15])
     calls.clear()
     rows2 = certify_dataset(smooth, waves, labels, out, n0=5, n=50, alpha=0.01, batch_size=64, progress=False)
-    assert len(calls) == 2 * 2            # two examples redone, two calls (n0 and n) each
+    assert sum(calls) == 2 * (5 + 50)     # two examples redone; their noisy copies share the batches
+    assert calls == [60, 50]              # first fit: n0 and n of example 2 with n0 of example 3, then its n
     strip = lambda r: {k: v for k, v in r.items() if k != "time_s"}
     assert [strip(r) for r in read_results(out)] == [strip(json.loads(line)) for line in first]
     assert [r["radius"] for r in rows2] == [r["radius"] for r in rows]
@@ -242,3 +243,71 @@ def test_certify_cli_writes_jsonl_and_resumes(tmp_path, capsys):
     assert result.read_text().splitlines() == lines
     assert main(["certify", "--data", "x"]) == 2              # missing CKPT: one clear error line
     assert "needs CKPT" in capsys.readouterr().err
+
+
+class Sizes(nn.Module):
+    """A fixed random linear classifier that records its batch sizes."""
+
+    def __init__(self, dim=16, k=3):
+        super().__init__()
+        self.lin = nn.Linear(dim, k)
+        self.sizes = []
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        return self.lin(x)
+
+
+def test_certify_many_packs_examples_and_matches_certify_alone():
+    torch.manual_seed(0)
+    model = Sizes().eval()
+    smooth = Smooth(model, num_classes=3, sigma=0.5)
+    xs = 0.3 * torch.randn(7, 16)
+    seeds = [11 + i for i in range(7)]
+    alone = [smooth.certify(x, n0=8, n=64, alpha=0.01, batch_size=32, seed=s) for x, s in zip(xs, seeds)]
+    model.sizes.clear()
+    many = {i: (c, r) for i, c, r, _ in smooth.certify_many(xs, 8, 64, 0.01, 32, seeds=seeds)}
+    assert [many[i] for i in range(7)] == alone
+    assert len({c for c, _ in alone}) > 1 and len({r for _, r in alone}) > 2   # not a trivial model
+    # chunks of 8, 32 and 32 per example, first fit into batches of 32: the n0 stages of four examples
+    # share one batch; only the n0 stages of the last three leave a batch part-empty
+    sizes = model.sizes
+    assert sum(sizes) == 7 * (8 + 64) and sizes.count(32) == len(sizes) - 1 and 24 in sizes
+    assert len(sizes) < 7 * 3                                    # each alone needs 3 passes
+    # the draws are those of the stage-by-stage algorithm: n0 then n samples from the example's generator
+    g = torch.Generator().manual_seed(seeds[2])
+    c0 = smooth.sample_counts(xs[2], 8, 32, generator=g)
+    c1 = smooth.sample_counts(xs[2], 64, 32, generator=g)
+    c_a = int(c0.argmax())
+    pa = lower_confidence_bound(int(c1[c_a]), 64, 0.01)
+    assert alone[2] == ((c_a, radius(0.5, pa)) if pa >= 0.5 else (Smooth.ABSTAIN, 0.0))
+    with pytest.raises(ValueError, match="seeds"):
+        list(smooth.certify_many(xs, 8, 64, 0.01, 32, seeds=seeds[:3]))
+    with pytest.raises(ValueError, match="batch_size"):
+        smooth.certify(xs[0], 8, 64, 0.01, 0)
+
+
+def test_certify_dataset_is_independent_of_batch_size(tmp_path):
+    torch.manual_seed(1)
+    smooth = Smooth(Sizes().eval(), num_classes=3, sigma=0.5)
+    waves, labels = 0.3 * torch.randn(5, 16), torch.tensor([0, 1, 2, 0, 1])
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+    a = certify_dataset(smooth, waves, labels, tmp_path / "a.jsonl", n0=5, n=40, alpha=0.01, batch_size=16,
+                        progress=False)
+    b = certify_dataset(smooth, waves, labels, tmp_path / "b.jsonl", n0=5, n=40, alpha=0.01, batch_size=100,
+                        progress=False)
+    assert strip(a) == strip(b) and [r["index"] for r in a] == list(range(5))
+    assert all(r["time_s"] >= 0 for r in a)
+
+
+def test_certify_cli_takes_defaults_from_the_library(capsys):
+    import inspect
+
+    from audioadv.cli import main
+    from audioadv.commands.certify import library_defaults
+
+    assert main(["certify", "--show-defaults"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == library_defaults()
+    assert shown["n0"] == inspect.signature(certify_dataset).parameters["n0"].default
+    assert shown["sigma"] == inspect.signature(Smooth.__init__).parameters["sigma"].default

@@ -1,4 +1,4 @@
-"""Small helpers shared by the minimal-norm attacks (DDN, DeepFool, CW-l2) and universal perturbations.
+"""Small helpers shared by the classifier attacks (PGD, DDN, DeepFool, CW-l2) and universal perturbations.
 
 Inputs may be a (B, T) waveform tensor or a dict holding it under ``"audio"`` (audio-visual models);
 only the audio is perturbed. Waveforms live in [-1, 1].
@@ -15,16 +15,29 @@ LOW, HIGH = -1.0, 1.0
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 
-def split_inputs(inputs) -> tuple[torch.Tensor, Callable[[torch.Tensor], object]]:
-    """Return the audio tensor and a function that rebuilds the model input around a new audio tensor."""
+def split_inputs(inputs) -> tuple[torch.Tensor, Callable[..., object]]:
+    """Return the audio tensor and ``rebuild(audio, rows=None)``, the model input around a new audio tensor.
+
+    ``rows`` (an index tensor) selects the rows of the other batched dict entries that go with ``audio``
+    when an attack works on part of the batch; the slices of the last ``rows`` object are reused, so an
+    attack that keeps its index tensor while the batch does not change pays for them once.
+    """
     if isinstance(inputs, dict):
         if "audio" not in inputs:
             raise ValueError(f"dict inputs must hold the waveform under 'audio'; got keys {sorted(inputs)}")
         rest = dict(inputs)
-        return inputs["audio"], lambda a: {**rest, "audio": a}
+        cache: list = [None, rest]
+
+        def rebuild(a, rows=None):
+            if rows is None:
+                return {**rest, "audio": a}
+            if cache[0] is not rows:
+                cache[:] = [rows, take(rest, rows)]
+            return {**cache[1], "audio": a}
+        return inputs["audio"], rebuild
     if not torch.is_tensor(inputs):
         raise TypeError(f"inputs must be a tensor or a dict with 'audio', not {type(inputs).__name__}")
-    return inputs, lambda a: a
+    return inputs, lambda a, rows=None: a
 
 
 def take(inputs, idx):
@@ -79,3 +92,40 @@ def hinge(logits: torch.Tensor, labels: torch.Tensor, *, targeted: bool, kappa: 
 
 def is_adversarial(pred: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
     return pred == labels if targeted else pred != labels
+
+
+def seeded_generators(seed: int | None, ids, device) -> list[torch.Generator]:
+    """One generator per example index: random draws then do not depend on which examples share a batch."""
+    base = 0 if seed is None else int(seed)
+    return [torch.Generator(device=device).manual_seed(base * 1_000_003 + int(i)) for i in ids]
+
+
+def batch_loop(n: int, batch_size: int | None, start: Callable[[torch.Tensor], dict],
+               step: Callable[[dict], torch.Tensor], finish: Callable[[dict], None]) -> None:
+    """Continuous batching over examples 0..n-1, at most ``batch_size`` at a time (None: all).
+
+    ``start(ids)`` returns the state of new examples: a dict of tensors whose rows follow ``ids``
+    (stored under "ids"). ``step(state)`` runs one iteration, updating the tensors of ``state`` in place
+    or replacing them, and returns a (rows,) bool mask of the examples that are done. ``finish(rows)`` gets
+    the state rows of those; they leave, and the next waiting examples take their places, so the
+    batch stays full while examples remain. Each example's computation depends only on its own rows.
+    """
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if n == 0:
+        return
+    size = n if batch_size is None else int(batch_size)
+    nxt = min(size, n)
+    state = start(torch.arange(nxt))
+    while len(state["ids"]):
+        done = step(state)
+        if not bool(done.any()):
+            continue
+        finish({k: v[done] for k, v in state.items()})
+        keep = ~done
+        state = {k: v[keep] for k, v in state.items()}
+        free = min(size - len(state["ids"]), n - nxt)
+        if free > 0:
+            new = start(torch.arange(nxt, nxt + free))
+            nxt += free
+            state = {k: torch.cat([state[k], new[k].to(state[k].device)]) for k in state}

@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._util import HIGH, LOW, bview, check_audio, is_adversarial, split_inputs
+from ._util import HIGH, LOW, bview, check_audio, is_adversarial, seeded_generators, split_inputs
 
 
 def ddn(model, inputs, labels, *, targeted: bool = False, steps: int = 100, init_norm: float = 1.0,
@@ -27,43 +27,49 @@ def ddn(model, inputs, labels, *, targeted: bool = False, steps: int = 100, init
     steps: iterations K. init_norm: starting norm eps_0. gamma: norm update factor.
     alpha, alpha_min: step size, annealed from alpha to alpha_min by a cosine schedule.
     labels: true classes (untargeted) or target classes (targeted). Points never made
-    adversarial are returned unchanged. ``seed`` drives the random direction used when a gradient is zero.
+    adversarial are returned unchanged. ``seed`` drives the random direction used when a gradient is zero
+    (one generator per example, so results do not depend on the batch).
     """
     audio, rebuild = split_inputs(inputs)
     check_audio(audio, labels, "ddn")
     x = audio.detach()
     labels = labels.to(x.device)
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    gens = None             # per-example generators, made when a gradient first vanishes
     sign = 1.0 if targeted else -1.0
     delta = torch.zeros_like(x, requires_grad=True)
     norm = torch.full((len(x),), float(init_norm), device=x.device, dtype=x.dtype)
     best_l2 = torch.full((len(x),), float("inf"), device=x.device, dtype=x.dtype)
     best_delta = torch.zeros_like(x)
+    lo, hi = LOW - x, HIGH - x      # the box for delta, so that x + delta stays in [-1, 1]
     for i in range(steps):
         alpha_i = alpha_min + 0.5 * (alpha - alpha_min) * (1 + math.cos(math.pi * i / steps))
         logits = model(rebuild(x + delta))
         l2 = delta.detach().flatten(1).norm(dim=1)
         adv = is_adversarial(logits.argmax(1), labels, targeted)
         better = adv & (l2 < best_l2)
-        best_l2 = torch.where(better, l2, best_l2)
-        best_delta = torch.where(bview(better, x), delta.detach(), best_delta)
+        if better.any():
+            best_l2 = torch.where(better, l2, best_l2)
+            best_delta[better] = delta.detach()[better]
         loss = sign * F.cross_entropy(logits, labels, reduction="sum")
         grad, = torch.autograd.grad(loss, delta)
         gnorm = grad.flatten(1).norm(dim=1)
         zero = gnorm == 0
         if zero.any():
-            grad[zero] = torch.randn(grad[zero].shape, generator=g).to(grad)
+            if gens is None:
+                gens = seeded_generators(seed, range(len(x)), "cpu")
+            grad[zero] = torch.stack([torch.randn(x.shape[1:], generator=gens[j])
+                                      for j in zero.nonzero().flatten().tolist()]).to(grad)
             gnorm = grad.flatten(1).norm(dim=1)
         with torch.no_grad():
-            delta -= alpha_i * grad / bview(gnorm, grad)          # descent on sign * CE
+            delta.sub_(grad.mul_(bview(alpha_i / gnorm, grad)))   # descent on sign * CE
             norm.mul_(1 - (2 * adv.to(x.dtype) - 1) * gamma)       # shrink if adversarial, else grow
             dnorm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
             delta.mul_(bview(norm / dnorm, delta))
-            delta.copy_((x + delta).clamp(LOW, HIGH) - x)
+            torch.clamp(delta, lo, hi, out=delta)
     # the final iterate may also be the best
     with torch.no_grad():
         logits = model(rebuild(x + delta))
         l2 = delta.flatten(1).norm(dim=1)
         better = is_adversarial(logits.argmax(1), labels, targeted) & (l2 < best_l2)
-        best_delta = torch.where(bview(better, x), delta.detach(), best_delta)
-    return rebuild((x + best_delta).detach())
+        best_delta[better] = delta.detach()[better]
+    return rebuild((x + best_delta).clamp(LOW, HIGH))

@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._util import HIGH, LOW, bview, check_audio, hinge, is_adversarial, split_inputs
+from ._util import HIGH, LOW, batch_loop, bview, check_audio, hinge, is_adversarial, seeded_generators, split_inputs
 
 _NORMS = {"linf": math.inf, "inf": math.inf, "l2": 2.0, "2": 2.0}
 
@@ -88,17 +88,20 @@ def fgsm(model, inputs, labels, *, targeted: bool = False, eps: float | torch.Te
 
 def pgd(model, inputs, labels, *, targeted: bool = False, eps: float | torch.Tensor = 0.002, norm="linf",
         steps: int = 40, alpha: float | torch.Tensor | None = None, random_start: bool = True,
-        restarts: int = 1, loss: str = "ce", seed: int | None = 0, early_stop: bool = False, project=None):
+        restarts: int = 1, loss: str = "ce", seed: int | None = 0, early_stop: bool = False, project=None,
+        batch_size: int | None = None):
     """Projected gradient descent (Madry et al. 2018, Eq. 2) in an l_inf or l_2 ball of radius eps.
 
     alpha: step size, default 2.5 * eps / steps (Madry et al.). random_start: start uniformly in
     the l_inf ball, or uniformly in the l_2 ball. restarts: independent random starts; an example
     keeps the first run that fools the model (else the last run). loss: "ce" (cross-entropy) or
-    "margin" (logit difference, Carlini & Wagner). seed: random start generator seed.
-    early_stop: stop an example as soon as it is adversarial (smaller perturbations, fewer
-    queries) instead of running all steps. project: optional hook `project(delta, step=, total=,
-    lengths=None) -> delta` applied after every step (e.g. the l0 step of `attacks.sparse`).
-    Returns the adversarial inputs (same type as inputs).
+    "margin" (logit difference, Carlini & Wagner). seed: random starts, drawn per example (example i
+    of the call has its own generator), so results do not depend on the batch. early_stop: stop an
+    example as soon as it is adversarial (smaller perturbations, fewer queries) instead of running
+    all steps. project: optional hook `project(delta, step=, total=, lengths=None) -> delta` applied
+    after every step (e.g. the l0 step of `attacks.sparse`). batch_size: examples attacked together
+    (None: all); an example that finishes (early stop, or a restart that fooled the model) leaves and
+    the next one takes its place. Returns the adversarial inputs (same type as inputs).
     """
     p = _norm_p(norm)
     audio, rebuild = split_inputs(inputs)
@@ -106,60 +109,74 @@ def pgd(model, inputs, labels, *, targeted: bool = False, eps: float | torch.Ten
     if steps < 1 or restarts < 1:
         raise ValueError("pgd: steps and restarts must be >= 1")
     x = audio.detach()
-    labels = labels.to(x.device)
+    dev = x.device
+    labels = labels.to(dev)
     e = _eps(eps, x)
     a = _eps(2.5 * e / steps if alpha is None else alpha, x)
-    gen = torch.Generator(device=x.device)
-    gen.manual_seed(0 if seed is None else int(seed))
+    gens = seeded_generators(seed, range(len(x)), dev) if random_start else []
     best = x.clone()
-    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    for _ in range(restarts):
-        todo = ~fooled
-        if not todo.any():
-            break
-        xs, ls, es, as_ = x[todo], labels[todo], e[todo], a[todo]
-        sub_rebuild = _sub_rebuild(inputs, rebuild, todo)
-        delta = torch.zeros_like(xs)
-        if random_start:
+
+    def init(ids, xs, es):
+        if not random_start:
+            return torch.zeros_like(xs)
+        rows = []
+        for i, e_i in zip(ids.tolist(), es):
+            g = gens[i]
             if p == math.inf:
-                delta = (torch.rand(xs.shape, generator=gen, device=x.device) * 2 - 1) * bview(es, xs)
+                rows.append((torch.rand(xs.shape[1:], generator=g, device=dev) * 2 - 1) * e_i)
             else:
-                d = torch.randn(xs.shape, generator=gen, device=x.device)
-                r = torch.rand(len(xs), generator=gen, device=x.device) ** (1.0 / xs[0].numel())
-                delta = d / bview(d.flatten(1).norm(dim=1).clamp_min(1e-12), d) * bview(r * es, d)
-            delta = _project(delta, xs, es, p)
-        done = torch.zeros(len(xs), dtype=torch.bool, device=x.device)
-        for it in range(steps):
-            g, logits = _grad(model, sub_rebuild, xs, delta, ls, loss, targeted)
-            if early_stop:
-                done |= is_adversarial(logits.argmax(1), ls, targeted)
-                if done.all():
-                    break
-            if p == math.inf:
-                step = bview(as_, g) * g.sign()
-            else:
-                step = bview(as_, g) * g / bview(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
-            if early_stop:
-                step = step * bview((~done).to(step.dtype), step)
-            delta = _project(delta + step, xs, es, p)
-            if project is not None:
-                delta = project(delta, step=it, total=steps, lengths=None)
-        with torch.no_grad():
-            adv = xs + delta
-            ok = is_adversarial(model(sub_rebuild(adv)).argmax(1), ls, targeted)
-        idx = todo.nonzero().flatten()
-        best[idx] = adv
-        fooled[idx[ok]] = True
+                d = torch.randn(xs.shape[1:], generator=g, device=dev)
+                r = torch.rand((), generator=g, device=dev) ** (1.0 / d.numel())
+                rows.append(d / d.norm().clamp_min(1e-12) * (r * e_i))
+        return _project(torch.stack(rows), xs, es, p)
+
+    def start(ids):
+        ids = ids.to(dev)
+        xs, es = x[ids], e[ids]
+        zero = torch.zeros(len(ids), dtype=torch.long, device=dev)
+        return {"ids": ids, "x": xs, "y": labels[ids], "e": es, "a": a[ids], "delta": init(ids, xs, es),
+                "it": zero, "run": zero.clone()}
+
+    def step(st):
+        xs, ls, d = st["x"], st["y"], st["delta"]
+        g, logits = _grad(model, lambda v: rebuild(v, rows=st["ids"]), xs, d, ls, loss, targeted)
+        fooled = is_adversarial(logits.argmax(1), ls, targeted) if early_stop else None
+        as_ = bview(st["a"], g)
+        if p == math.inf:
+            upd = as_ * g.sign()
+        else:
+            upd = as_ * g / bview(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
+        new = _project(d + upd, xs, st["e"], p)
+        if project is not None:     # rows at different steps (restarts) get their own step index
+            for t in st["it"].unique().tolist():
+                rows = st["it"] == t
+                part = project(new[rows], step=t, total=steps, lengths=None)
+                new = part if bool(rows.all()) else new.index_put((rows,), part)
+        if fooled is not None:      # a fooled example keeps the iterate that fooled it
+            new = torch.where(bview(fooled, new), d, new)
+        st["delta"] = new
+        st["it"] = st["it"] + 1
+        done = fooled.clone() if fooled is not None else torch.zeros(len(xs), dtype=torch.bool, device=dev)
+        check = (st["it"] >= steps) & ~done
+        if check.any():             # end of a run: keep it if it fools the model, else restart
+            idx = check.nonzero().flatten()
+            with torch.no_grad():
+                adv = xs[idx] + new[idx]
+                ok = is_adversarial(model(rebuild(adv, rows=st["ids"][idx])).argmax(1), ls[idx], targeted)
+            stop = ok | (st["run"][idx] >= restarts - 1)
+            done[idx] = stop
+            again = idx[~stop]
+            if len(again):
+                st["run"][again] += 1
+                st["it"][again] = 0
+                st["delta"][again] = init(st["ids"][again], xs[again], st["e"][again])
+        return done
+
+    def finish(rows):
+        best[rows["ids"]] = rows["x"] + rows["delta"]
+
+    batch_loop(len(x), batch_size, start, step, finish)
     return rebuild(best)
-
-
-def _sub_rebuild(inputs, rebuild, mask):
-    """Rebuild model inputs for a subset of the batch (other dict entries sliced the same way)."""
-    if not isinstance(inputs, dict) or bool(mask.all()):
-        return rebuild
-    rest = {k: (v[mask] if torch.is_tensor(v) and v.dim() > 0 and len(v) == len(mask) else v)
-            for k, v in inputs.items()}
-    return lambda a_: {**rest, "audio": a_}
 
 
 def pgd_linf(model, inputs, labels, *, targeted: bool = False, eps: float | torch.Tensor = 0.002, **kwargs):

@@ -8,7 +8,9 @@ from pathlib import Path
 
 SIGMAS = (0.01, 0.05, 0.10, 0.25, 0.50, 1.00, 2.00, 3.00)
 NS = (1000, 10000, 100000)
-# O'Reilly's "Maximum Certifiable Radius" table (alpha = 0.001), rows SIGMAS, columns NS.
+OPTIONS = ("sigma", "at", "n0", "n", "alpha", "batch_size", "seed")   # taken from the library when unset
+# O'Reilly's "Maximum Certifiable Radius" table, rows SIGMAS, columns NS, for alpha = STUDY_ALPHA.
+STUDY_ALPHA = 0.001
 STUDY_MAX_RADIUS = {
     0.01: (0.025, 0.032, 0.038), 0.05: (0.123, 0.160, 0.191), 0.10: (0.246, 0.320, 0.381),
     0.25: (0.616, 0.800, 0.953), 0.50: (1.232, 1.160, 1.906), 1.00: (2.463, 3.320, 3.811),
@@ -25,27 +27,48 @@ def register(sub) -> None:
     p.add_argument("checkpoint", nargs="?", help="checkpoint folder (model.safetensors + config.json)")
     p.add_argument("--data", help="dataset spec, e.g. fsdd:PATH?label=speaker or librispeech:PATH")
     p.add_argument("--split", default="test")
-    p.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation")
-    p.add_argument("--at", default="waveform", choices=["waveform", "spectrogram", "fbank"],
-                   help="representation the noise is added to")
-    p.add_argument("--n0", type=int, default=100, help="samples to select the class")
-    p.add_argument("--n", type=int, default=10000, help="samples to estimate pA_lower")
-    p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
-    p.add_argument("--batch-size", type=int, default=1000)
+    # unset options take the defaults of Smooth and certify_dataset (`library_defaults`); reading them
+    # here would import torch whenever any command's parser is built
+    p.add_argument("--sigma", type=float, help="noise standard deviation (default: Smooth's)")
+    p.add_argument("--at", choices=["waveform", "spectrogram", "fbank"],
+                   help="representation the noise is added to (default: Smooth's, the waveform)")
+    p.add_argument("--n0", type=int, help="samples to select the class (default: certify_dataset's)")
+    p.add_argument("--n", type=int, help="samples to estimate pA_lower (default: certify_dataset's)")
+    p.add_argument("--alpha", type=float, help="failure probability (default: certify_dataset's)")
+    p.add_argument("--batch-size", type=int,
+                   help="noisy copies per forward pass, shared by several examples (default: certify_dataset's)")
     p.add_argument("--per-class", type=int, default=0, help="certify K seeded examples per class (0: all)")
     p.add_argument("--max-examples", type=int, default=0, help="certify only the first N examples (0: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="example i uses seed + i (default: certify_dataset's)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--out", default="runs/certify", help="folder for the per-example JSONL and summary")
+    p.add_argument("--show-defaults", action="store_true", help="print the library defaults of the options above")
     p.add_argument("--max-radius-table", action="store_true",
                    help="print the maximum certifiable radius table (sigma x n) and compare with the study")
     p.set_defaults(func=run)
 
 
-def max_radius_table(alpha: float = 0.001) -> str:
+def library_defaults() -> dict:
+    """The defaults of `Smooth` (sigma, at) and `certify_dataset` (n0, n, alpha, batch_size, seed)."""
+    import inspect
+
+    from ..certify import Smooth, certify_dataset
+
+    params = {**inspect.signature(Smooth.__init__).parameters, **inspect.signature(certify_dataset).parameters}
+    return {k: params[k].default for k in OPTIONS}
+
+
+def _settings(args) -> dict:
+    """The options given on the command line, unset ones replaced by the library defaults."""
+    d = library_defaults()
+    return {k: (d[k] if getattr(args, k) is None else getattr(args, k)) for k in OPTIONS}
+
+
+def max_radius_table(alpha: float | None = None) -> str:
     """Markdown table of max_radius(sigma, n, alpha), each cell compared with the study's value."""
     from ..certify import max_radius
 
+    alpha = library_defaults()["alpha"] if alpha is None else alpha
     lines = [f"Maximum certifiable l2 radius sigma * Phi^-1(alpha^(1/n)), alpha = {alpha:g} "
              "(ours; the study's value in brackets where it differs)", "",
              "| sigma | " + " | ".join(f"n = {n}" for n in NS) + " | study |", "|---" * (len(NS) + 2) + "|"]
@@ -53,7 +76,7 @@ def max_radius_table(alpha: float = 0.001) -> str:
         cells, verdicts = [], []
         for j, n in enumerate(NS):
             ours = max_radius(s, n, alpha)
-            study = STUDY_MAX_RADIUS[s][j] if alpha == 0.001 else None
+            study = STUDY_MAX_RADIUS[s][j] if alpha == STUDY_ALPHA else None
             if study is None or abs(round(ours, 3) - study) <= 0.001:
                 cells.append(f"{ours:.3f}")
             else:
@@ -66,6 +89,9 @@ def max_radius_table(alpha: float = 0.001) -> str:
 
 
 def run(args) -> int:
+    if args.show_defaults:
+        print(json.dumps(library_defaults()))
+        return 0
     if args.max_radius_table:
         print(max_radius_table(args.alpha))
         return 0
@@ -86,15 +112,16 @@ def run(args) -> int:
         raise ValueError(f"{args.data}: {data.num_classes} classes but checkpoint {args.checkpoint} has "
                          f"{model.num_classes} outputs")
     if args.per_class:
-        data = data.per_class(args.per_class, seed=args.seed)
+        data = data.per_class(args.per_class, seed=_settings(args)["seed"])
     if args.max_examples:
         data = data.subset(range(min(args.max_examples, len(data))))
-    smooth = Smooth(model, model.num_classes, args.sigma, at=args.at)
-    out = Path(args.out) / results_name(args.at, args.sigma, args.n)
-    rows = certify_dataset(smooth, data.waves, data.labels, out, n0=args.n0, n=args.n, alpha=args.alpha,
-                           batch_size=args.batch_size, seed=args.seed, items=data.items)
-    summary = {"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split, "at": args.at,
-               "sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha, **summarize(rows)}
+    c = _settings(args)
+    smooth = Smooth(model, model.num_classes, c["sigma"], at=c["at"])
+    out = Path(args.out) / results_name(c["at"], c["sigma"], c["n"])
+    rows = certify_dataset(smooth, data.waves, data.labels, out, n0=c["n0"], n=c["n"], alpha=c["alpha"],
+                           batch_size=c["batch_size"], seed=c["seed"], items=data.items)
+    summary = {"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split, "at": c["at"],
+               "sigma": c["sigma"], "n0": c["n0"], "n": c["n"], "alpha": c["alpha"], **summarize(rows)}
     out.with_name(out.stem + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{len(rows)} examples -> {out}")
     print("radius   " + "".join(f"{r:>6}" for r in summary["certified_accuracy"]))
