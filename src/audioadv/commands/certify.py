@@ -101,11 +101,11 @@ def run(args) -> int:
 
     from ..certify import Smooth, certify_dataset, results_name, summarize
     from ..data import load_dataset
-    from ..models import load_checkpoint
+    from ..models import load
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, cfg = load_checkpoint(args.checkpoint)
+    model, cfg = load(args.checkpoint)
     data = load_dataset(args.data, args.split, input_length=int(cfg["input_length"]),
                         sample_rate=int(cfg.get("sample_rate", 16000)))
     if data.num_classes != model.num_classes:
