@@ -60,6 +60,29 @@ def _save_audio(ctx: Context, jid: str, eid: str, clean, adv, sr: int) -> dict:
     return paths
 
 
+def _inputs(ds, idx):
+    """The model's inputs for rows idx: waveforms, or a dict of modalities for an audio-visual dataset."""
+    return ds.inputs(idx) if hasattr(ds, "inputs") else ds.waves[idx]
+
+
+@torch.no_grad()
+def _predict(model, ds, batch_size: int = 64) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(_inputs(ds, torch.arange(i, min(i + batch_size, len(ds))))).argmax(1)
+                      for i in range(0, len(ds), batch_size)]) if len(ds) else torch.zeros(0, dtype=torch.long)
+
+
+def _flat(record: dict) -> dict:
+    """An attack's per-example record as row fields: scalars as they are, a dict per modality as key_modality."""
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, dict):
+            out.update({f"{k}_{m}": x for m, x in v.items() if isinstance(x, (int, float, bool))})
+        elif isinstance(v, (int, float, bool, str)) or v is None:
+            out[k] = v
+    return out
+
+
 def _accepts(fn, name: str) -> bool:
     return name in inspect.signature(fn).parameters
 
@@ -81,7 +104,7 @@ def run_train(ctx: Context, model: Model):
     """Train a zoo classifier (train.fit) and store its per-example test predictions."""
     from .. import models as zoo
     from ..models import load
-    from ..train import TrainConfig, fit, predict, split_validation
+    from ..train import TrainConfig, fit, split_validation
 
     s = dict(model.train)
     settings = {k: v for k, v in s.items() if k != "data_name"}
@@ -110,13 +133,16 @@ def run_train(ctx: Context, model: Model):
     cfg = TrainConfig(**{k: s[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "seed", "noise_sigma",
                                            "noise_at", "gain_db", "shift_ms")})
     t0 = time.time()
-    summary = fit(net, train, val, cfg, out_dir=folder, config={"data": s["data"], "train_job": jid},
-                  progress=not ctx.quiet,
-                  log=(lambda m: None) if ctx.quiet else (lambda m: ctx.log("    " + m)))
+    log = (lambda m: None) if ctx.quiet else (lambda m: ctx.log("    " + m))
+    config = {"data": s["data"], "train_job": jid}
+    if hasattr(train, "video"):           # audio-visual: the AV models' own adapter around train.fit
+        from ..models.av import fit_av
+        summary = fit_av(net, train, val, cfg, out_dir=folder, config=config, seed=s["seed"], log=log)
+    else:
+        summary = fit(net, train, val, cfg, out_dir=folder, config=config, progress=not ctx.quiet, log=log)
     net, config = load(folder, frozen=True)
     test = ctx.dataset(s["data"], "test", int(config["input_length"]), int(config.get("sample_rate", 16000)))
-    with torch.no_grad():
-        preds = predict(net, test.waves).argmax(1)
+    preds = _predict(net, test)
     rows = []
     for i in range(len(test)):
         item = test.items[i] if test.items else {}
@@ -196,15 +222,13 @@ def _loop(ctx: Context, job: Job, jid: str, plan: Plan) -> None:
 # classifier attacks -------------------------------------------------------------------------------------------
 def plan_attack(ctx: Context, job: Job, jid: str) -> Plan:
     from .. import peers
-    from ..train import predict
 
     s = job.settings
     model, cfg = load_model(ctx, job.model)
     ds = ctx.dataset(job.data, s["split"], int(cfg["input_length"]), int(cfg.get("sample_rate", 16000)))
     classes = [str(c) for c in cfg.get("classes", ds.classes)]
     target = _class_index(s["target"], classes, job.name)
-    with torch.no_grad():
-        clean = predict(model, ds.waves).argmax(1)
+    clean = _predict(model, ds)
     idx = _select(ds, s, clean if s["only_correct"] else None)
     if target is not None:
         idx = [i for i in idx if int(ds.labels[i]) != target]
@@ -213,17 +237,20 @@ def plan_attack(ctx: Context, job: Job, jid: str) -> Plan:
 
     def compute(b, pos):
         rows_idx = torch.tensor([idx[p] for p in pos])
-        x, y = ds.waves[rows_idx], ds.labels[rows_idx]
+        inputs, y = _inputs(ds, rows_idx), ds.labels[rows_idx]
+        x = ds.waves[rows_idx]
         kw = dict(job.fn_params)
         if _accepts(fn, "seed"):
             kw["seed"] = _seed_for(s["seed"], b)
         torch.manual_seed(_seed_for(s["seed"], b))
         labels = torch.full_like(y, target) if target is not None else y
         t0, c0 = time.perf_counter(), time.process_time()
-        adv = fn(model, x, labels, targeted=target is not None, **kw)
+        out = fn(model, inputs, labels, targeted=target is not None, **kw)
         secs, cpu = (time.perf_counter() - t0) / len(pos), (time.process_time() - c0) / len(pos)
+        adv_inputs, records = out if isinstance(out, tuple) else (out, None)
         with torch.no_grad():
-            pa = model(adv).argmax(1)
+            pa = model(adv_inputs).argmax(1)
+        adv = adv_inputs["audio"] if isinstance(adv_inputs, dict) else adv_inputs
         d = adv - x
         m = {"snr_db": snr(x, d), "db_x": db_x(x, d), "l2": l2(d), "linf": linf(d), "l0": l0(d)}
         out = []
@@ -232,6 +259,7 @@ def plan_attack(ctx: Context, job: Job, jid: str) -> Plan:
             ok = bool(pa[j] == target) if target is not None else bool(pa[j] != y[j])
             row = {**_meta(ds.items[i] if ds.items else {}), "index": i, "label": classes[int(y[j])],
                    "clean": classes[int(clean[i])], "adversarial": classes[int(pa[j])], "success": ok,
+                   **(_flat(records[j]) if records else {}),
                    **{k: float(v[j]) for k, v in m.items()}, "seconds": secs, "cpu_seconds": cpu}
             if p < s["audio"]:
                 row.update(_save_audio(ctx, jid, ids[p], x[j], adv[j], ds.sample_rate))

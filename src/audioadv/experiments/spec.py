@@ -50,7 +50,7 @@ TRAIN_KEYS = {"arch": (str, None), "data": (str, None), "epochs": (int, 15), "ba
               "lr": (float, 1e-3), "weight_decay": (float, 1e-4), "noise_sigma": (float, 0.0),
               "noise_at": (str, "waveform"), "gain_db": (float, 6.0), "shift_ms": (float, 100.0), "seed": (int, None),
               "val_split": (str, "val"), "hparams": (dict, {})}
-CLASSIFIER_ATTACKS = ("fgsm", "pgd", "pgd_linf", "pgd_l2", "ddn", "deepfool", "cw_l2")
+CLASSIFIER_ATTACKS = ("fgsm", "pgd", "pgd_linf", "pgd_l2", "ddn", "deepfool", "cw_l2", "msae")
 from ..peers import LIBRARIES  # noqa: E402
 ASR_ATTACKS = {"cw": "cw_ctc", "cw_ctc": "cw_ctc", "ipc": "ipc", "imperceptible": "imperceptible"}
 
@@ -155,7 +155,12 @@ def function_params(fn) -> dict:
         if name in HIDDEN or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         out[name] = p.default
+        if "dict" in str(p.annotation) and not isinstance(p.default, dict):
+            TAKES_DICT.add((fn.__qualname__, name))
     return out
+
+
+TAKES_DICT: set = set()          # (function, parameter) pairs that also take a table (e.g. a sparsity per modality)
 
 
 def _param_type(default):
@@ -378,7 +383,7 @@ def _expand_job(job: dict, index: int, data: dict, models: dict, ctx: _Ctx, seed
                     raise err(f"{key} must be {_type_name(typ)}, got {value!r}", key)
             elif key in params:
                 typ = _param_type(params[key])
-                if value == NONE:
+                if value == NONE or (isinstance(value, dict) and any(key == k for _, k in TAKES_DICT)):
                     continue
                 if typ is not None and not _type_ok(value, typ):
                     raise err(f"{key} must be {_type_name(typ)} (the default is {params[key]!r}), got {value!r}", key)
