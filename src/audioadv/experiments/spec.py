@@ -44,7 +44,7 @@ RUNNER_KEYS = {
 KINDS = sorted(RUNNER_KEYS)
 LIST_KEYS = {"transfer"}             # list-valued by nature: never a grid
 NONE = "none"                        # TOML has no null: a parameter written as "none" is passed as None
-HIDDEN = {"model", "inputs", "labels", "data", "targeted", "lengths", "info", "project", "callback", "progress",
+HIDDEN = {"model", "inputs", "labels", "targets", "data", "targeted", "lengths", "info", "project", "callback", "progress",
           "key", "checkpoint", "seed", "self", "base", "num_classes", "x"}
 TRAIN_KEYS = {"arch": (str, None), "data": (str, None), "epochs": (int, 15), "batch_size": (int, 32),
               "lr": (float, 1e-3), "weight_decay": (float, 1e-4), "noise_sigma": (float, 0.0),
