@@ -28,3 +28,16 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory):
+    """A private $AUDIOADV_CACHE folder for one test module's synthesised datasets."""
+    root = tmp_path_factory.mktemp("audioadv-cache")
+    old = os.environ.get("AUDIOADV_CACHE")
+    os.environ["AUDIOADV_CACHE"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("AUDIOADV_CACHE", None)
+    else:
+        os.environ["AUDIOADV_CACHE"] = old

@@ -1,5 +1,4 @@
 """Audio-visual synthetic data and models: the video carries what is said; MSAE fools a trained AV model."""
-import os
 
 import pytest
 import torch
@@ -13,15 +12,8 @@ SPEC = "synth-av-commands?per_word=20&words=no,up,stop"
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("audioadv-av-cache")
-    old = os.environ.get("AUDIOADV_CACHE")
-    os.environ["AUDIOADV_CACHE"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("AUDIOADV_CACHE", None)
-    else:
-        os.environ["AUDIOADV_CACHE"] = old
+def cache(private_cache):
+    return private_cache
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """eSpeak NG synthesis, the synthetic datasets and their cache."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -13,16 +12,8 @@ from audioadv.signal import snr
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A private cache folder for this module's datasets."""
-    root = tmp_path_factory.mktemp("audioadv-cache")
-    old = os.environ.get("AUDIOADV_CACHE")
-    os.environ["AUDIOADV_CACHE"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("AUDIOADV_CACHE", None)
-    else:
-        os.environ["AUDIOADV_CACHE"] = old
+def cache(private_cache):
+    return private_cache
 
 
 def test_voices_and_variants_listed_from_data_folder():

@@ -44,16 +44,20 @@ def save_checkpoint(model, out_dir, config: dict | None = None) -> Path:
     return out
 
 
+def _read_json(cfg_path: Path, what: str):
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{what} config not found: {cfg_path}")
+    try:
+        return json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{cfg_path}: corrupt {what} config (not valid JSON: {exc})") from None
+
+
 def read_config(path) -> dict:
     """The config.json of a checkpoint folder (or the file itself), with a clear error naming it."""
     p = Path(path)
     cfg_path = p / CONFIG if p.is_dir() else p
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"checkpoint config not found: {cfg_path}")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{cfg_path}: corrupt checkpoint config (not valid JSON: {exc})") from None
+    cfg = _read_json(cfg_path, "checkpoint")
     missing = [k for k in ("arch", "num_classes", "input_length") if k not in cfg]
     if missing:
         raise ValueError(f"{cfg_path}: checkpoint config lacks {', '.join(missing)}")
@@ -150,12 +154,7 @@ def load(path, *, frozen: bool = False):
         raise FileNotFoundError(f"model not found: {p} (expected a folder with {CONFIG} and the weights)")
     folder = p if p.is_dir() else p.parent
     cfg_path = folder / CONFIG
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"model config not found: {cfg_path}")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{cfg_path}: corrupt model config (not valid JSON: {exc})") from None
+    cfg = _read_json(cfg_path, "model")
     kind = checkpoint_kind(cfg) if isinstance(cfg, dict) else None
     if kind not in LOADERS:
         raise ValueError(f"{cfg_path}: unknown model kind {kind!r}; known: {', '.join(sorted(LOADERS))}")
