@@ -8,7 +8,7 @@
    `batch_size=--batch-size` (a finished utterance's slot goes to the next). Both must give the
    same adversarial examples and records (checked here, bit for bit).
 
-    python benchmarks/asr_batching.py MODEL --data 'synth-phrases?n=600' --n 20 --out results/asr_batching
+    python benchmarks/asr_batching.py MODEL --data 'synth-phrases?n=600' --n 20 --out runs/bench/asr_batching
 """
 from __future__ import annotations
 

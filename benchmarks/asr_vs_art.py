@@ -37,9 +37,9 @@ report): ours `cw_ctc` / `imperceptible` defaults plus the row's stop rule (`--p
 scaled by 2^-15 (its documented rule for [-1, 1] audio), asr-attacks' defaults. `--cap` caps every
 iteration count for smoke tests only (the report says so).
 
-    python benchmarks/asr_vs_art.py --model runs/asr --n 20 --out results/asr_vs_art
+    python benchmarks/asr_vs_art.py --model runs/asr --n 20 --out runs/bench/asr_vs_art
     python benchmarks/asr_vs_art.py --model runs/asr --budget default --n 20 --attacks cw \
-        --libs ours-patience,art,ours --jobs 2 --out results/asr_vs_art_default
+        --libs ours-patience,art,ours --jobs 2 --out runs/bench/asr_vs_art_default
 """
 from __future__ import annotations
 
@@ -430,7 +430,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--jobs", type=int, default=1,
                    help="run each target set in its own process (side by side), then merge the report")
-    p.add_argument("--out", default="results/asr_vs_art", help="writes OUT.md and OUT.jsonl")
+    p.add_argument("--out", default="runs/bench/asr_vs_art", help="writes OUT.md and OUT.jsonl")
     p.add_argument("--merge-only", action="store_true",
                    help="only merge the part files a --jobs run left (e.g. after stopping it)")
     p.add_argument("--meta", help=argparse.SUPPRESS)  # set by the parent process with --jobs

@@ -8,7 +8,7 @@ benchmark's stop rule (`patience`, 10% of max_iter), every other argument at its
 size: success within the budget, first-success iteration (median / max), mean SNR and dB_x of the
 successes, CPU seconds for the batch. Writes OUT.md and OUT.jsonl.
 
-    python benchmarks/cw_step_check.py --model runs/asr --out results/cw_step_check
+    python benchmarks/cw_step_check.py --model runs/asr --out runs/bench/cw_step_check
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--patience", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="results/cw_step_check")
+    p.add_argument("--out", default="runs/bench/cw_step_check")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, _ = load(args.model)

@@ -18,7 +18,7 @@ REF = Path(__file__).parent / "data" / "resemblyzer_reference.json"
 
 
 def synthetic_voice(seconds: float, sr: int = 16000) -> np.ndarray:
-    """Same formula as scripts/resemblyzer_reference.py."""
+    """A voiced test signal: a harmonic tone whose pitch glides around 120 Hz."""
     t = np.arange(int(seconds * sr)) / sr
     phase = 2 * np.pi * np.cumsum(120 + 30 * np.sin(2 * np.pi * 0.5 * t)) / sr
     env = (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) ** 2
