@@ -21,25 +21,28 @@ from .attacks import universal
 LIBRARIES = ("audioadv", "foolbox", "art")
 
 
-def _like(ours, drop: tuple = ()):
-    """Give a wrapper the signature (and so the defaults) of audioadv's function, less what the peer lacks."""
+def _like(ours, keep: tuple):
+    """Give a wrapper audioadv's signature (and so its defaults), restricted to the parameters in `keep`
+    (those the peer has a counterpart for); the wrapper reads them with `_bind`."""
     sig = inspect.signature(ours)
-    params = [p for name, p in sig.parameters.items() if name not in drop]
+    params = [p for name, p in sig.parameters.items()
+              if p.kind is not p.KEYWORD_ONLY or name in keep]
 
     def deco(fn):
         fn.__signature__ = sig.replace(parameters=params)
-        fn.__doc__ = (fn.__doc__ or "") + f"\n\nDefaults: those of audioadv's {ours.__module__}.{ours.__name__}."
+        fn.__doc__ = (fn.__doc__ or "") + f"\n\nParameters and defaults: those of audioadv's {ours.__name__}."
         fn.peer_of = ours
         return fn
     return deco
 
 
 def _bind(fn, kwargs: dict) -> dict:
-    """kwargs with every default of fn's signature filled in."""
-    out = {n: p.default for n, p in inspect.signature(fn).parameters.items()
-           if p.kind is p.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
-    out.update(kwargs)
-    return out
+    """kwargs checked against fn's signature, every default filled in."""
+    params = {n: p for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise TypeError(f"{fn.__name__}: no parameter {', '.join(unknown)} (the peer has no counterpart)")
+    return {**{n: p.default for n, p in params.items()}, **kwargs}
 
 
 def _need(module: str):
@@ -59,32 +62,31 @@ def _foolbox_run(model, inputs, labels, targeted: bool, attack):
     return clipped.detach()
 
 
-@_like(attacks.ddn, drop=("alpha", "alpha_min", "seed"))
-def foolbox_ddn(model, inputs, labels, *, targeted=False, steps=100, init_norm=1.0, gamma=0.05):
+@_like(attacks.ddn, keep=("targeted", "steps", "init_norm", "gamma"))
+def foolbox_ddn(model, inputs, labels, **kw):
     """foolbox's DDNAttack."""
-    fb = _need("foolbox")
-    return _foolbox_run(model, inputs, labels, targeted,
-                        fb.attacks.DDNAttack(init_epsilon=init_norm, steps=steps, gamma=gamma))
+    fb, k = _need("foolbox"), _bind(foolbox_ddn, kw)
+    return _foolbox_run(model, inputs, labels, k["targeted"],
+                        fb.attacks.DDNAttack(init_epsilon=k["init_norm"], steps=k["steps"], gamma=k["gamma"]))
 
 
-@_like(attacks.deepfool)
-def foolbox_deepfool(model, inputs, labels, *, targeted=False, steps=50, overshoot=0.02, candidates=10):
+@_like(attacks.deepfool, keep=("targeted", "steps", "overshoot", "candidates"))
+def foolbox_deepfool(model, inputs, labels, **kw):
     """foolbox's L2DeepFoolAttack (untargeted only)."""
-    fb = _need("foolbox")
-    if targeted:
+    fb, k = _need("foolbox"), _bind(foolbox_deepfool, kw)
+    if k["targeted"]:
         raise ValueError("foolbox's DeepFool is untargeted only")
     return _foolbox_run(model, inputs, labels, False, fb.attacks.L2DeepFoolAttack(
-        steps=steps, candidates=candidates, overshoot=overshoot, loss="logits"))
+        steps=k["steps"], candidates=k["candidates"], overshoot=k["overshoot"], loss="logits"))
 
 
-@_like(attacks.cw_l2, drop=("abort_warmup",))
-def foolbox_cw_l2(model, inputs, labels, *, targeted=False, c=1e-3, kappa=0.0, steps=1000, binary_search_steps=9,
-                  lr=0.01, abort_early=True):
+@_like(attacks.cw_l2, keep=("targeted", "c", "kappa", "steps", "binary_search_steps", "lr", "abort_early"))
+def foolbox_cw_l2(model, inputs, labels, **kw):
     """foolbox's L2CarliniWagnerAttack."""
-    fb = _need("foolbox")
-    return _foolbox_run(model, inputs, labels, targeted, fb.attacks.L2CarliniWagnerAttack(
-        binary_search_steps=binary_search_steps, steps=steps, stepsize=lr, confidence=kappa, initial_const=c,
-        abort_early=abort_early))
+    fb, k = _need("foolbox"), _bind(foolbox_cw_l2, kw)
+    return _foolbox_run(model, inputs, labels, k["targeted"], fb.attacks.L2CarliniWagnerAttack(
+        binary_search_steps=k["binary_search_steps"], steps=k["steps"], stepsize=k["lr"], confidence=k["kappa"],
+        initial_const=k["c"], abort_early=k["abort_early"]))
 
 
 # ART -------------------------------------------------------------------------------------------------------------
@@ -104,12 +106,14 @@ def _num_classes(model, x) -> int:
         return int(model(x[:1]).shape[1])
 
 
-@_like(attacks.pgd, drop=("restarts", "loss", "early_stop", "project"))
-def art_pgd(model, inputs, labels, *, targeted=False, eps=0.002, norm="linf", steps=40, alpha=None,
-            random_start=True, seed=0):
+@_like(attacks.pgd, keep=("targeted", "eps", "norm", "steps", "alpha", "random_start", "seed"))
+def art_pgd(model, inputs, labels, **kw):
     """ART's ProjectedGradientDescent (cross-entropy loss), with audioadv's step rule alpha = 2.5 eps / steps."""
     _need("art")
     from art.attacks.evasion import ProjectedGradientDescent
+    k = _bind(art_pgd, kw)
+    targeted, eps, norm, steps, alpha, seed = (k[n] for n in ("targeted", "eps", "norm", "steps", "alpha", "seed"))
+    random_start = k["random_start"]
     x = inputs.detach()
     clf = art_classifier(model, x.shape[1], _num_classes(model, x))
     step = 2.5 * eps / steps if alpha is None else alpha
@@ -122,15 +126,16 @@ def art_pgd(model, inputs, labels, *, targeted=False, eps=0.002, norm="linf", st
     return torch.from_numpy(atk.generate(x.numpy(), y=y)).to(x.dtype)
 
 
-@_like(universal.iterative, drop=("attack_kwargs", "batch_size", "aggregate", "eval_batch_size", "callback",
-                                  "key"))
-def art_universal(model, data, *, targeted=None, p=math.inf, xi=None, delta=0.1, max_passes=100, attack="ddn",
-                  seed=0, progress=True):
+@_like(universal.iterative, keep=("targeted", "p", "xi", "delta", "max_passes", "attack", "seed", "progress"))
+def art_universal(model, data, **kw):
     """ART's UniversalPerturbation (untargeted) or TargetedUniversalPerturbation, with its inner attacker
     (`attack`: ART's names, e.g. "deepfool", "fgsm", "pgd"; "ddn" is not in ART and maps to "deepfool") and its
     own default parameters; returns (v, history) like audioadv's methods."""
     _need("art")
     from art.attacks.evasion import TargetedUniversalPerturbation, UniversalPerturbation
+    k = _bind(art_universal, kw)
+    targeted, p, xi, delta, max_passes, attack, seed, progress = (
+        k[n] for n in ("targeted", "p", "xi", "delta", "max_passes", "attack", "seed", "progress"))
     waves, labels = universal.as_tensors(data)
     clf = art_classifier(model, waves.shape[1], _num_classes(model, waves))
     if xi is None:
