@@ -127,6 +127,8 @@ def tables_text(run_dir, fmt: str = "markdown", by: list[str] | None = None, nam
         parts = []
         for spec in table_specs(Path(run_dir), store, by, name):
             header, rows = T.build(store, spec)
+            if not rows:               # no finished job of this table yet
+                continue
             if fmt == "markdown":
                 src = spec.get("_source")
                 source = f"\nFrom `{src}`: `audioadv run {src} --out {run_dir}`.\n" if src else ""

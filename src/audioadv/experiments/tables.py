@@ -87,6 +87,8 @@ def _key(job: dict, key: str, row: dict | None = None):
     for src in (job.get("labels", {}), job["settings"]):
         if key in src:
             v = src[key]
+            if isinstance(v, dict):
+                return ", ".join(f"{k}={x}" for k, x in v.items())
             return str(v) if not isinstance(v, (str, int, float, bool, type(None))) else v
     return None if row is None else row.get(key)
 
