@@ -211,8 +211,8 @@ def certify_rows(args, repeats: int) -> list[dict]:
     rows = []
     for name, fn, setup in (("certify (Smooth.certify)", one, f"n0={args.n0}"),
                             ("certify_many (dataset)", many, f"{k} examples n0={args.n0}")):
-        sizes = batch_sizes(model, fn)      # the reference runs the same batches (the cost per copy varies)
-        best = fastest({"ref": ref_forward(model, [noisy[:b] for b in sizes]), "certify": fn}, repeats)
+        sizes = batch_sizes(smooth.back, fn)  # the reference runs the same batches (the cost per copy varies)
+        best = fastest({"ref": ref_forward(smooth.back, [noisy[:b] for b in sizes]), "certify": fn}, repeats)
         rows.append(_row(name, "certification", f"{args.classifier} {setup} n={args.n} batch={args.cert_batch} "
                          f"T={args.length}", len(sizes), best, "certify", "fwd"))
     return rows
