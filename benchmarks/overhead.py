@@ -200,33 +200,33 @@ def certify_rows(args, repeats: int) -> list[dict]:
     model = frozen(models.create(args.classifier, num_classes=10, input_length=args.length))
     smooth = Smooth(model, 10, args.sigma, at="waveform")
     x = (0.1 * torch.randn(args.length)).clamp(-1, 1)
-    # the batches the method runs: n0 then n in pieces of the batch size, or full batches where the copies
-    # are packed (Smooth.certify_many); on a CPU the per-copy cost of the model depends on the batch size
-    packed = hasattr(smooth, "certify_many")
-    sizes = (_chunks(args.n0 + args.n, args.cert_batch) if packed
-             else _chunks(args.n0, args.cert_batch) + _chunks(args.n, args.cert_batch))
     noisy = x + args.sigma * torch.randn(args.cert_batch, args.length)
-    batches = [noisy[:b] for b in sizes]
-    best = fastest({"ref": ref_forward(model, batches),
-                    "certify": lambda: smooth.certify(x, args.n0, args.n, 0.001, args.cert_batch, seed=0)}, repeats)
-    rows = [_row("certify (Smooth.certify)", "certification",
-                 f"{args.classifier} n0={args.n0} n={args.n} batch={args.cert_batch} T={args.length}",
-                 len(sizes), best, "certify", "fwd")]
-    # a small dataset: with Smooth.certify_many the noisy copies of several examples share full batches
     k = args.cert_examples
     xs = (0.1 * torch.randn(k, args.length)).clamp(-1, 1)
-    full = (_chunks(k * (args.n0 + args.n), args.cert_batch) if packed
-            else k * (_chunks(args.n0, args.cert_batch) + _chunks(args.n, args.cert_batch)))
-    batches = [noisy[:b] for b in full]
-    if hasattr(smooth, "certify_many"):
+    one = lambda: smooth.certify(x, args.n0, args.n, 0.001, args.cert_batch, seed=0)
+    if hasattr(smooth, "certify_many"):     # a small dataset, the copies of its examples sharing batches
         many = lambda: list(smooth.certify_many(xs, args.n0, args.n, 0.001, args.cert_batch, seeds=range(k)))
-    else:                   # a version without it: one example at a time
+    else:                                   # a version without it: one example at a time
         many = lambda: [smooth.certify(xi, args.n0, args.n, 0.001, args.cert_batch, seed=i) for i, xi in enumerate(xs)]
-    best = fastest({"ref": ref_forward(model, batches), "certify": many}, repeats)
-    rows.append(_row("certify_many (dataset)", "certification",
-                     f"{args.classifier} {k} examples n0={args.n0} n={args.n} batch={args.cert_batch} "
-                     f"T={args.length}", len(full), best, "certify", "fwd"))
+    rows = []
+    for name, fn, setup in (("certify (Smooth.certify)", one, f"n0={args.n0}"),
+                            ("certify_many (dataset)", many, f"{k} examples n0={args.n0}")):
+        sizes = batch_sizes(smooth.back, fn)  # the reference runs the same batches (the cost per copy varies)
+        best = fastest({"ref": ref_forward(smooth.back, [noisy[:b] for b in sizes]), "certify": fn}, repeats)
+        rows.append(_row(name, "certification", f"{args.classifier} {setup} n={args.n} batch={args.cert_batch} "
+                         f"T={args.length}", len(sizes), best, "certify", "fwd"))
     return rows
+
+
+def batch_sizes(model: nn.Module, fn) -> list[int]:
+    """The batch sizes of the model's forward passes during one call of fn."""
+    sizes = []
+    hook = model.register_forward_hook(lambda m, inp, out: sizes.append(len(inp[0])))
+    try:
+        fn()
+    finally:
+        hook.remove()
+    return sizes
 
 
 def profile(fn, name: str, top: int = 25) -> None:
