@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from audioadv import attacks, models  # noqa: E402
+from audioadv.experiments import tables_text  # noqa: E402
 from audioadv.attacks import universal  # noqa: E402
 from audioadv.certify import Smooth  # noqa: E402
 from audioadv.models.asr import CTCRecognizer  # noqa: E402
@@ -279,6 +280,29 @@ def sweep_rows(args, repeats: int) -> list[dict]:
     return rows
 
 
+TABLE = {"title": "Overhead over the bare model's own cost (method time per iteration / model time per iteration)",
+         "kind": "benchmark", "where": {"measure": "overhead"}, "rows": ["family", "method", "setup"],
+         "values": ["overhead"],
+         "note": "Attacks: against the model's forward + backward per iteration; certification: against its forward "
+                 "per noisy copy. Goal: at most 1.15 for attacks, 1.10 for certification."}
+SWEEP_TABLE = {"title": "Throughput (examples per second) by batch size", "kind": "benchmark",
+               "where": {"measure": "throughput"}, "rows": ["method", "length", "steps"], "columns": ["batch"],
+               "values": ["examples_per_s"]}
+
+
+def record(run_dir: str, measure: str, settings: dict, rows: list[dict], table: dict) -> None:
+    """The rows into the run folder's results store, with the table that shows them declared there too."""
+    from audioadv.experiments import Store
+    from audioadv.experiments.runner import declare_tables
+    store = Store(run_dir)
+    for r in rows:         # one job per measured row; a rerun with the same settings replaces it
+        keys = {k: r[k] for k in ("method", "setup", "batch", "length", "steps") if k in r}
+        store.record("benchmark", f"{measure} {r['method']}", {**settings, "measure": measure, **keys}, [r],
+                     labels={"measure": measure, "family": r.get("kind"), **keys})
+    store.close()
+    declare_tables(run_dir, "overhead", "python benchmarks/overhead.py", [table])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small batches and few iterations (a few minutes)")
@@ -291,6 +315,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clock", choices=sorted(CLOCK), default="wall",
                     help="wall time, or this process's CPU time (steadier on a machine shared with other jobs)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "overhead.json"))
+    ap.add_argument("--store", default=str(ROOT / "runs" / "overhead"),
+                    help="run folder whose results store receives the rows (`audioadv table` prints them)")
     args = ap.parse_args(argv)
     q = args.quick
     args.length = 16000
@@ -308,24 +334,21 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     rows = classifier_rows(args, repeats) + asr_rows(args, repeats) + certify_rows(args, repeats)
-    print("| method | setup | iterations | unit | bare model s/iter | method s/iter | overhead |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['method']} | {r['setup']} | {r['iterations']} | {r['unit']} | {r['ref_s_per_iter']:.4f} | "
-              f"{r['method_s_per_iter']:.4f} | {r['overhead']:.3f} |")
+    settings = {"quick": q, "clock": args.clock, "threads": args.threads, "repeats": repeats,
+                "classifier": args.classifier}
+    record(args.store, "overhead", settings, rows, TABLE)
+    print(tables_text(args.store, name=TABLE["title"]))
     worst = {kind: max((r["overhead"] for r in rows if r["kind"] == kind), default=float("nan"))
              for kind in ("attack", "certification")}
     result = {"threads": args.threads, "quick": q, "clock": args.clock, "rows": rows}
     if args.sweep:
         sw = sweep_rows(args, repeats)
         result["sweep"] = sw
-        print("\n| method | batch | length | steps | examples/s |")
-        print("|---|---|---|---|---|")
-        for r in sw:
-            print(f"| {r['method']} | {r['batch']} | {r['length']} | {r['steps']} | {r['examples_per_s']:.2f} |")
+        record(args.store, "throughput", settings, sw, SWEEP_TABLE)
+        print(tables_text(args.store, name=SWEEP_TABLE["title"]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nmax overhead: attacks {worst['attack']:.3f}, certification {worst['certification']:.3f}")
+    print(f"max overhead: attacks {worst['attack']:.3f}, certification {worst['certification']:.3f}")
     return 0
 
 

@@ -104,9 +104,24 @@ def experiments_run(run_dir) -> dict:
 
 
 def declared(run_dir) -> list[tuple[str, dict]]:
-    """(experiment name, parsed file) of every experiment file run into run_dir."""
-    return [(name, S.tomllib.loads((Path(run_dir) / EXPERIMENTS / f"{name}.toml").read_text()))
-            for name in experiments_run(run_dir)]
+    """(experiment name, parsed file) of every experiment file run into run_dir (or benchmark that declared
+    its tables there)."""
+    out = []
+    for name in experiments_run(run_dir):
+        toml, js = Path(run_dir) / EXPERIMENTS / f"{name}.toml", Path(run_dir) / EXPERIMENTS / f"{name}.json"
+        out.append((name, S.tomllib.loads(toml.read_text()) if toml.is_file() else json.loads(js.read_text())))
+    return out
+
+
+def declare_tables(run_dir, name: str, source: str, tables: list[dict]) -> None:
+    """For measurements written to a store outside `audioadv run` (benchmarks): the tables that show them,
+    so that `audioadv table RUN_DIR` prints them like an experiment file's."""
+    folder = Path(run_dir) / EXPERIMENTS
+    folder.mkdir(parents=True, exist_ok=True)
+    index = experiments_run(run_dir)
+    index[name] = source
+    (folder / f"{name}.json").write_text(json.dumps({"tables": tables}, indent=1) + "\n")
+    (folder / "index.json").write_text(json.dumps(index, indent=1) + "\n")
 
 
 def table_specs(run_dir: Path, store: Store, by: list[str] | None = None, name: str | None = None) -> list[dict]:
@@ -131,7 +146,8 @@ def tables_text(run_dir, fmt: str = "markdown", by: list[str] | None = None, nam
                 continue
             if fmt == "markdown":
                 src = spec.get("_source")
-                source = f"\nFrom `{src}`: `audioadv run {src} --out {run_dir}`.\n" if src else ""
+                source = ("" if not src else f"\nFrom `{src}`.\n" if not src.endswith(".toml")
+                          else f"\nFrom `{src}`: `audioadv run {src} --out {run_dir}`.\n")
                 parts.append(f"**{spec['title']}**\n\n" + T.render(header, rows, fmt)
                              + (f"\n{spec['note']}\n" if spec.get("note") else "") + source)
             elif fmt == "latex":

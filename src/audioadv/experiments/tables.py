@@ -23,6 +23,7 @@ DEFAULT_VALUES = {
     "universal": ["n", "success_rate", "snr_db", "db_x", "job.iterations", "job.craft_seconds"],
     "certify": ["n", "accuracy", "certified@0.05", "certified@0.25", "certified@0.5", "abstain", "seconds"],
     "asr-attack": ["n", "success_rate", "snr_db", "cer_target", "l0", "seconds"],
+    "benchmark": ["n"],
 }
 RATE = ("success_rate", "accuracy", "abstain")
 
