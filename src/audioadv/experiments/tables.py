@@ -97,7 +97,9 @@ def _key(job: dict, key: str, row: dict | None = None):
 def _job_matches(job: dict, spec: dict) -> bool:
     if spec.get("kind") and job["kind"] != spec["kind"]:
         return False
-    if job["kind"] == "train" and not spec.get("kind") and "kind" not in (spec.get("where") or {}):
+    keys = [*(spec.get("where") or {}), *(spec.get("rows") or []), *([spec["columns"]] if isinstance(
+        spec.get("columns"), str) else spec.get("columns") or [])]
+    if job["kind"] == "train" and not spec.get("kind") and "kind" not in keys:
         return False            # a table of attacks or certificates is not about the training jobs
     for k, v in (spec.get("where") or {}).items():
         have = _key(job, k)
