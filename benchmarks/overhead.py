@@ -143,7 +143,7 @@ def classifier_rows(args, repeats: int) -> list[dict]:
         "deepfool": (lambda: attacks.deepfool(blind, x, zero, steps=n, candidates=k), n, k - 1),
         "cw_l2": (lambda: attacks.cw_l2(model, x, y, steps=n, binary_search_steps=1, abort_early=False), n, 1),
         "universal penalty": (lambda: universal.penalty(model, (x, y), delta=-1, max_iter=n, batch_size=len(x),
-                                                        progress=False), n, 1),
+                                                        patience=None), n, 1),
         # one pass with the paper's 50 inner DDN steps (Abdoli et al. Sec. 4)
         "universal iterative": (lambda: universal.iterative(model, (x, y), delta=-1, max_passes=1,
                                                             batch_size=len(x), attack="ddn",

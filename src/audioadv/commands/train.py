@@ -13,20 +13,22 @@ def register(sub) -> None:
                                                   "cnn1d-rand, cnn1d-gamma, sincnet, sincnet-vgg, envnet-v2, spchcmd, logmel-cnn)")
     p.add_argument("--data", required=True, help="dataset spec, e.g. synth-commands or fsdd:PATH")
     p.add_argument("--out", required=True, help="run folder for the checkpoint and history.jsonl")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--input-length", type=int, default=16000, help="samples per clip (crop/pad rule of audioadv.data)")
-    p.add_argument("--sample-rate", type=int, default=16000)
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    p.add_argument("--input-length", type=int, help="samples per clip (crop/pad rule of audioadv.data; default: "
+                                                    "the loader's)")
+    p.add_argument("--sample-rate", type=int, help="default: the loader's")
+    p.add_argument("--val-fraction", type=float,
                    help="fraction of train carved out (stratified, seeded) when the dataset has no validation split")
-    p.add_argument("--noise-sigma", type=float, default=0.0, help="Gaussian noise std for noise augmentation")
-    p.add_argument("--noise-at", default="waveform", choices=["waveform", "spectrogram", "fbank"],
+    p.add_argument("--noise-sigma", type=float, help="Gaussian noise std for noise augmentation")
+    p.add_argument("--noise-at", choices=["waveform", "spectrogram", "fbank"],
                    help="representation the noise is added to (the model must support model.split(at))")
-    p.add_argument("--gain-db", type=float, default=6.0, help="random gain augmentation range in dB (0: off)")
-    p.add_argument("--shift-ms", type=float, default=100.0, help="random time-shift augmentation in ms (0: off)")
+    p.add_argument("--gain-db", type=float, help="random gain augmentation range in dB (0: off)")
+    p.add_argument("--shift-ms", type=float, help="random time-shift augmentation in ms (0: off)")
+    p.epilog = "Options not given take audioadv.train.TrainConfig's defaults."
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--no-test", action="store_true", help="skip the final evaluation on the test split")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -50,13 +52,15 @@ def load_splits(spec: str, input_length: int, sample_rate: int, val_fraction: fl
     from ..data import load_dataset
     from ..train import split_validation
 
-    train = load_dataset(spec, "train", input_length=input_length, sample_rate=sample_rate)
+    kw = {k: v for k, v in (("input_length", input_length), ("sample_rate", sample_rate)) if v is not None}
+    train = load_dataset(spec, "train", **kw)
     try:
-        val = load_dataset(spec, "validation", input_length=input_length, sample_rate=sample_rate)
+        val = load_dataset(spec, "validation", **kw)
         if len(val) == 0:
             raise ValueError("empty")
     except (ValueError, FileNotFoundError, KeyError):
-        train, val = split_validation(train, val_fraction, seed)
+        train, val = split_validation(train, **({} if val_fraction is None else {"fraction": val_fraction}),
+                                      seed=seed)
     return train, val
 
 
@@ -78,15 +82,15 @@ def run_train(args) -> int:
     torch.manual_seed(args.seed)
     model = models.create(args.model, num_classes=train.num_classes, input_length=train.input_length,
                           sample_rate=train.sample_rate)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      seed=args.seed, noise_sigma=args.noise_sigma, noise_at=args.noise_at, gain_db=args.gain_db,
-                      shift_ms=args.shift_ms)
+    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "noise_sigma", "noise_at",
+                                           "gain_db", "shift_ms") if getattr(args, k) is not None}
+    cfg = TrainConfig(seed=args.seed, **given)
     summary = fit(model, train, val, cfg, out_dir=args.out, config={"data": args.data}, progress=not args.quiet)
     print(f"best epoch {summary['best']['epoch']}: validation accuracy {summary['best']['val_accuracy']:.4f} "
           f"({summary['train_seconds']:.0f} s); checkpoint in {args.out}")
     if not args.no_test:
         try:
-            test = load_dataset(args.data, "test", input_length=args.input_length, sample_rate=args.sample_rate)
+            test = load_dataset(args.data, "test", input_length=train.input_length, sample_rate=train.sample_rate)
         except (ValueError, FileNotFoundError) as exc:
             print(f"no test split evaluated ({exc})")
             return 0

@@ -46,10 +46,20 @@ LIST_KEYS = {"transfer"}             # list-valued by nature: never a grid
 NONE = "none"                        # TOML has no null: a parameter written as "none" is passed as None
 HIDDEN = {"model", "inputs", "labels", "targets", "data", "targeted", "lengths", "info", "project", "callback", "progress",
           "key", "checkpoint", "seed", "self", "base", "num_classes", "x"}
-TRAIN_KEYS = {"arch": (str, None), "data": (str, None), "epochs": (int, 15), "batch_size": (int, 32),
-              "lr": (float, 1e-3), "weight_decay": (float, 1e-4), "noise_sigma": (float, 0.0),
-              "noise_at": (str, "waveform"), "gain_db": (float, 6.0), "shift_ms": (float, 100.0), "seed": (int, None),
-              "val_split": (str, "val"), "hparams": (dict, {})}
+def _train_keys() -> dict:
+    """A train block's keys: audioadv.train.TrainConfig's fields with their defaults, plus the model and data."""
+    from dataclasses import fields
+
+    from ..train import TrainConfig
+    out = {"arch": (str, None), "data": (str, None), "val_split": (str, "val"), "hparams": (dict, {})}
+    for f in fields(TrainConfig):
+        if f.name != "extra":
+            out[f.name] = ((int, float) if f.type in ("float", float) else {"int": int, "str": str}.get(f.type, f.type),
+                           None if f.name == "seed" else f.default)
+    return out
+
+
+TRAIN_KEYS = _train_keys()
 CLASSIFIER_ATTACKS = ("fgsm", "pgd", "pgd_linf", "pgd_l2", "ddn", "deepfool", "cw_l2", "msae")
 from ..peers import LIBRARIES  # noqa: E402
 ASR_ATTACKS = {"cw": "cw_ctc", "cw_ctc": "cw_ctc", "ipc": "ipc", "imperceptible": "imperceptible"}
