@@ -300,7 +300,7 @@ def record(run_dir: str, measure: str, settings: dict, rows: list[dict], table: 
         store.record("benchmark", f"{measure} {r['method']}", {**settings, "measure": measure, **keys}, [r],
                      labels={"measure": measure, "family": r.get("kind"), **keys})
     store.close()
-    declare_tables(run_dir, "overhead", "python benchmarks/overhead.py", [table])
+    declare_tables(run_dir, "overhead", " ".join(["python benchmarks/overhead.py", *sys.argv[1:]]), [table])
 
 
 def main(argv=None) -> int:
