@@ -27,14 +27,15 @@ def register(subparsers) -> None:
     s = subparsers.add_parser("say", help="synthesise text with eSpeak NG to a WAV file")
     s.add_argument("text")
     s.add_argument("--out", required=True, help="output WAV path")
-    s.add_argument("--voice", default="en-us", help="eSpeak language voice (en-us, en, en-gb-x-rp, en-029, ...)")
+    s.add_argument("--voice", help="eSpeak language voice (en-us, en, en-gb-x-rp, en-029, ...)")
     s.add_argument("--variant", default=None, help="variant file from voices/!v (m1-m8, f1-f5, croak, whisper, ...)")
-    s.add_argument("--rate", type=int, default=175, help="words per minute")
-    s.add_argument("--pitch", type=int, default=50, help="0-100")
+    s.add_argument("--rate", type=int, help="words per minute")
+    s.add_argument("--pitch", type=int, help="0-100")
     s.add_argument("--snr-db", type=float, default=None, help="add noise at this SNR")
     s.add_argument("--rt60", type=float, default=None, help="add a synthetic room response with this RT60 (s)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--sample-rate", type=int, default=16000)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--sample-rate", type=int)
+    s.epilog = "Options not given take audioadv.data.synth.synthesize's defaults."
     s.set_defaults(func=run_say)
 
 
@@ -90,8 +91,9 @@ def run_say(args) -> int:
     from ..data.synth import synthesize
     from ..io import save
 
-    u = synthesize(args.text, args.voice, args.variant, rate=args.rate, pitch=args.pitch, snr_db=args.snr_db,
-                   rt60=args.rt60, seed=args.seed, sample_rate=args.sample_rate)
+    given = {k: getattr(args, k) for k in ("voice", "variant", "rate", "pitch", "snr_db", "rt60", "seed", "sample_rate")
+             if getattr(args, k) is not None}
+    u = synthesize(args.text, **given)
     save(args.out, u.wav, u.sample_rate)
     print(f"{args.out}: {u.duration:.2f} s, {len(u.phonemes)} phonemes, words: "
           + " ".join(f"{w}@{s:.2f}" for w, s, _ in u.words))
