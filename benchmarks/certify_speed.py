@@ -26,6 +26,14 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from audioadv import models  # noqa: E402
 from audioadv.certify import Smooth  # noqa: E402
+from bench_store import record  # noqa: E402
+
+TABLE = {"title": "Certification speed: overhead over the bare model's batched forward, and speed-up over ART",
+         "kind": "benchmark", "where": {"measure": "certify-speed"}, "rows": ["model"],
+         "values": ["overhead_waveform", "overhead_spectrogram", "overhead_fbank", "speedup_vs_art"],
+         "note": "overhead_AT: certification time with the noise at representation AT / the bare model's forward "
+                 "on as many noisy inputs; speedup_vs_art: ART PyTorchRandomizedSmoothing.certify time / ours "
+                 "(waveform noise), the same model, n0, n and batch. Best of the repeats, one thread."}
 
 
 def best_of(fn, repeats: int) -> float:
@@ -95,6 +103,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-art", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "certify_speed.json"))
+    ap.add_argument("--store", default=str(ROOT / "runs" / "certify-speed"),
+                    help="run folder whose results store receives the rows (`audioadv table` prints them)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
@@ -105,13 +115,9 @@ def main(argv=None) -> int:
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
-    print("\n| model | base fwd/s | certify@waveform/s (overhead) | @spectrogram/s | @fbank/s | ART certify/s | ours vs ART |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        f = lambda k: f"{r[k]:.0f}" if k in r else "-"
-        print(f"| {r['model']} | {r['base_forward_per_s']:.0f} | {r['certify_waveform_per_s']:.0f} "
-              f"({r['overhead_waveform']:.3f}) | {f('certify_spectrogram_per_s')} | {f('certify_fbank_per_s')} | "
-              f"{f('art_certify_per_s')} | {('%.2fx' % r['speedup_vs_art']) if 'speedup_vs_art' in r else '-'} |")
+    settings = {"n0": args.n0, "n": args.n, "batch": args.batch, "sigma": args.sigma, "length": args.length,
+                "threads": args.threads, "repeats": args.repeats}
+    print(record(args.store, "certify_speed", "certify-speed", settings, rows, ("model",), TABLE))
     return 0
 
 

@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from audioadv import attacks, models  # noqa: E402
-from audioadv.experiments import tables_text  # noqa: E402
+from bench_store import record  # noqa: E402
 from audioadv.attacks import universal  # noqa: E402
 from audioadv.certify import Smooth  # noqa: E402
 from audioadv.models.asr import CTCRecognizer  # noqa: E402
@@ -290,19 +290,6 @@ SWEEP_TABLE = {"title": "Throughput (examples per second) by batch size", "kind"
                "values": ["examples_per_s"]}
 
 
-def record(run_dir: str, measure: str, settings: dict, rows: list[dict], table: dict) -> None:
-    """The rows into the run folder's results store, with the table that shows them declared there too."""
-    from audioadv.experiments import Store
-    from audioadv.experiments.runner import declare_tables
-    store = Store(run_dir)
-    for r in rows:         # one job per measured row; a rerun with the same settings replaces it
-        keys = {k: r[k] for k in ("method", "setup", "batch", "length", "steps") if k in r}
-        store.record("benchmark", f"{measure} {r['method']}", {**settings, "measure": measure, **keys}, [r],
-                     labels={"measure": measure, "family": r.get("kind"), **keys})
-    store.close()
-    declare_tables(run_dir, "overhead", " ".join(["python benchmarks/overhead.py", *sys.argv[1:]]), [table])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small batches and few iterations (a few minutes)")
@@ -336,16 +323,17 @@ def main(argv=None) -> int:
     rows = classifier_rows(args, repeats) + asr_rows(args, repeats) + certify_rows(args, repeats)
     settings = {"quick": q, "clock": args.clock, "threads": args.threads, "repeats": repeats,
                 "classifier": args.classifier}
-    record(args.store, "overhead", settings, rows, TABLE)
-    print(tables_text(args.store, name=TABLE["title"]))
+    for r in rows:
+        r["family"] = r["kind"]
+    print(record(args.store, "overhead", "overhead", settings, rows, ("family", "method", "setup"), TABLE))
     worst = {kind: max((r["overhead"] for r in rows if r["kind"] == kind), default=float("nan"))
              for kind in ("attack", "certification")}
     result = {"threads": args.threads, "quick": q, "clock": args.clock, "rows": rows}
     if args.sweep:
         sw = sweep_rows(args, repeats)
         result["sweep"] = sw
-        record(args.store, "throughput", settings, sw, SWEEP_TABLE)
-        print(tables_text(args.store, name=SWEEP_TABLE["title"]))
+        print(record(args.store, "throughput", "throughput", settings, sw, ("method", "batch", "length", "steps"),
+                     SWEEP_TABLE))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"max overhead: attacks {worst['attack']:.3f}, certification {worst['certification']:.3f}")

@@ -1,0 +1,21 @@
+"""Benchmarks write their measurements to a run folder's results store and print them through audioadv's tables,
+like experiment files do: `audioadv table RUN_DIR` shows them again, `make results` puts them in docs/results.md."""
+from __future__ import annotations
+
+import sys
+
+from audioadv.experiments import Store, tables_text
+from audioadv.experiments.runner import declare_tables
+
+
+def record(run_dir: str, name: str, measure: str, settings: dict, rows: list[dict], keys: tuple, table: dict) -> str:
+    """One job per measured row (identified by settings plus the row's `keys`; a rerun replaces it), the table
+    that shows them declared under `name`, the command line as its source; returns the table as Markdown."""
+    store = Store(run_dir)
+    for r in rows:
+        ident = {k: r[k] for k in keys if k in r}
+        store.record("benchmark", f"{measure} {' '.join(str(v) for v in ident.values())}",
+                     {**settings, "measure": measure, **ident}, [r], labels={"measure": measure, **ident})
+    store.close()
+    declare_tables(run_dir, name, " ".join(["python", *sys.argv]), [table])
+    return tables_text(run_dir, name=table["title"])
