@@ -9,9 +9,13 @@ from audioadv.experiments.runner import declare_tables
 
 
 def record(run_dir: str, name: str, measure: str, settings: dict, rows: list[dict], keys: tuple, table: dict) -> str:
-    """One job per measured row (identified by settings plus the row's `keys`; a rerun replaces it), the table
-    that shows them declared under `name`, the command line as its source; returns the table as Markdown."""
+    """Store one job per measured row (identified by settings plus the row's `keys`; a new measurement replaces
+    the earlier rows of the same measure) and declare `table` under `name`, with the command line as its source.
+    Returns the table as Markdown."""
     store = Store(run_dir)
+    for old in store.jobs("benchmark"):     # a new measurement replaces the last one of the same measure
+        if old["labels"].get("measure") == measure:
+            store.delete_job(old["job_id"])
     for r in rows:
         ident = {k: r[k] for k in keys if k in r}
         store.record("benchmark", f"{measure} {' '.join(str(v) for v in ident.values())}",

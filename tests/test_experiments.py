@@ -313,3 +313,18 @@ def test_every_experiment_file_validates(path, monkeypatch):
             pytest.skip(f"{path.name} needs an input that is not here: {exc}")
         raise
     assert exp.jobs or exp.models
+
+
+def test_measurements_recorded_outside_a_run_are_tabulated(tmp_path):
+    """What benchmarks use: Store.record replaces a job of the same settings, declare_tables names the table."""
+    from audioadv.experiments.runner import declare_tables
+    store = Store(tmp_path)
+    for speed in (1.0, 2.0):     # the second record of the same settings replaces the first
+        store.record("benchmark", "m", {"model": "a"}, [{"speed": speed}], labels={"model": "a"})
+    store.record("benchmark", "m", {"model": "b"}, [{"speed": 5.0}], labels={"model": "b"})
+    store.close()
+    declare_tables(tmp_path, "bench", "python benchmarks/x.py", [
+        {"title": "Speed", "kind": "benchmark", "rows": ["model"], "values": ["speed"]}])
+    rows = list(csv.reader(io.StringIO(tables_text(tmp_path, "csv"))))
+    assert rows == [["model", "speed"], ["a", "2"], ["b", "5"]]
+    assert "From `python benchmarks/x.py`." in tables_text(tmp_path)

@@ -117,14 +117,18 @@ class Store:
         """Store a finished measurement made outside `audioadv run` (a benchmark): one job with its rows
         (dicts, each optionally with an "example_id"), replacing an earlier record of the same settings."""
         jid = job_id(kind, settings)
-        with self.db:
-            self.db.execute("DELETE FROM examples WHERE job_id=?", (jid,))
-            self.db.execute("DELETE FROM jobs WHERE job_id=?", (jid,))
+        self.delete_job(jid)
         self.start_job(jid, kind, name, settings, labels=labels)
         self.add_examples(jid, [(str(r.get("example_id", i)), i, {k: v for k, v in r.items() if k != "example_id"})
                                 for i, r in enumerate(rows)])
         self.finish_job(jid, summary or {})
         return jid
+
+    def delete_job(self, jid: str) -> None:
+        """Remove a job and its examples."""
+        with self.db:
+            self.db.execute("DELETE FROM examples WHERE job_id=?", (jid,))
+            self.db.execute("DELETE FROM jobs WHERE job_id=?", (jid,))
 
     # examples
     def add_examples(self, jid: str, rows: list[tuple[str, int, dict]]) -> None:
