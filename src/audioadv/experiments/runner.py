@@ -29,13 +29,19 @@ def check_targets(exp: S.Experiment) -> None:
                               f"{job.model.name} ({', '.join(classes)})")
 
 
-def run(path, out=None, *, quiet: bool = False, log=print, ray: str | None = None, workers: int | None = None) -> Path:
+def run(path, out=None, *, quiet: bool = False, log=print, ray: str | None = None, workers: int | None = None,
+        only: str | None = None) -> Path:
     """Run every job of the experiment file `path` into `out` (default runs/NAME); returns the run folder.
 
     ray: None runs in this process; "local" starts a local Ray and shards examples over its actors; any other
-    value is the address of a running Ray cluster. workers: Ray actors (default one per CPU, at most 8)."""
+    value is the address of a running Ray cluster. workers: Ray actors (default one per CPU, at most 8).
+    only: run just the jobs whose name contains this text (and train just the models they use)."""
     exp = S.load(path)
     check_targets(exp)
+    if only:
+        exp.jobs = [j for j in exp.jobs if only in j.name]
+        if not exp.jobs:
+            raise S.SpecError(f"{exp.path}: no job's name contains {only!r}")
     out = Path(out) if out else Path("runs") / exp.name
     store = Store(out)
     _keep_copy(out, exp, path)
@@ -47,9 +53,10 @@ def run(path, out=None, *, quiet: bool = False, log=print, ray: str | None = Non
     ctx.experiment = Path(path)
     failed = []
     try:
-        for models in exp.models.values():
+        used = {m.name for j in exp.jobs for m in [j.model, *j.extra_models]}
+        for models in exp.models.values():      # a file of models alone (the zoo) trains them all
             for m in models:
-                if m.train is not None:
+                if m.train is not None and (not exp.jobs or m.name in used):
                     J.load_model(ctx, m)
         for k, job in enumerate(exp.jobs, 1):
             jid = job_id(job.kind, job.settings)

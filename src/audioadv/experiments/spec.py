@@ -453,6 +453,10 @@ def _label(kind, merged, model_name, dname, point, job) -> str:
     parts = [kind, model_name, dname] + [f"{k}={point[k]}" for k in varying]
     if kind in ("attack", "asr-attack") and "attack" not in varying:
         parts.insert(1, str(merged["attack"]))
+    if kind == "universal" and "method" not in varying:
+        parts.insert(1, str(merged["method"]))
+    if merged.get("per_class") and "per_class" not in varying:
+        parts.append(f"per_class={merged['per_class']}")
     return " ".join(str(p) for p in parts)
 
 
