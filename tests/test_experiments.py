@@ -328,3 +328,10 @@ def test_measurements_recorded_outside_a_run_are_tabulated(tmp_path):
     rows = list(csv.reader(io.StringIO(tables_text(tmp_path, "csv"))))
     assert rows == [["model", "speed"], ["a", "2"], ["b", "5"]]
     assert "From `python benchmarks/x.py`." in tables_text(tmp_path)
+
+
+def test_only_selects_jobs_by_name(tmp_path, capsys):
+    path = tmp_path / "o.toml"
+    path.write_text(BASE + '[[jobs]]\nkind = "attack"\nmodel = "m"\nattack = ["pgd", "ddn"]\n')
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--only", "cw_l2"]) == 2
+    assert "no job's name contains 'cw_l2'" in capsys.readouterr().err
