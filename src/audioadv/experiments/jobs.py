@@ -310,7 +310,7 @@ def plan_universal(ctx: Context, job: Job, jid: str) -> Plan:
         ctx.store.update_summary(jid, summary)
     v = torch.from_numpy(np.load(art / "v.npy", allow_pickle=False))
     test = ctx.dataset(job.data, s["split"], length, sr)
-    idx = _select(test, s)
+    idx = _select(test, {**s, "per_class": 0})      # per_class picks the crafting clips; v is tested on the split
     targets = [(job.model, model, test, "")]
     for other in job.extra_models:
         om, ocfg = load_model(ctx, other)
