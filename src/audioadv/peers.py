@@ -19,6 +19,7 @@ from . import attacks
 from .attacks import universal
 
 LIBRARIES = ("audioadv", "foolbox", "art")
+UNIVERSAL_METHODS = ("penalty", "penalty_search", "iterative")   # audioadv.attacks.universal's crafting methods
 
 
 def _like(ours, keep: tuple):
@@ -164,7 +165,7 @@ PEERS = {("foolbox", "ddn"): foolbox_ddn, ("foolbox", "deepfool"): foolbox_deepf
 def get(library: str, name: str):
     """The function that runs attack `name` (or universal method `name`) of `library`."""
     if library == "audioadv":
-        return getattr(universal, name) if name in ("penalty", "iterative", "penalty_search") else getattr(attacks, name)
+        return getattr(universal, name) if name in UNIVERSAL_METHODS else getattr(attacks, name)
     if (library, name) not in PEERS:
         have = ", ".join(f"{lib} {n}" for lib, n in PEERS)
         raise ValueError(f"no {library} implementation of {name!r} (available: {have})")

@@ -165,12 +165,12 @@ def function_params(fn) -> dict:
         if name in HIDDEN or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         out[name] = p.default
-        if "dict" in str(p.annotation) and not isinstance(p.default, dict):
-            TAKES_DICT.add((fn.__qualname__, name))
     return out
 
 
-TAKES_DICT: set = set()          # (function, parameter) pairs that also take a table (e.g. a sparsity per modality)
+def takes_table(fn) -> set:
+    """Parameters of fn whose annotation admits a dict (e.g. a sparsity per modality): TOML tables are fine there."""
+    return {name for name, p in inspect.signature(fn).parameters.items() if "dict" in str(p.annotation)}
 
 
 def _param_type(default):
@@ -206,7 +206,8 @@ def library_functions(kind: str, job: dict) -> dict:
 
 def _method_choices() -> list[str]:
     from ..attacks import universal
-    return [m for m in ("penalty", "iterative", "penalty_search") if callable(getattr(universal, m, None))]
+    from ..peers import UNIVERSAL_METHODS
+    return [m for m in UNIVERSAL_METHODS if callable(getattr(universal, m, None))]
 
 
 def load(path) -> Experiment:
@@ -383,9 +384,10 @@ def _expand_job(job: dict, index: int, data: dict, models: dict, ctx: _Ctx, seed
             fns = library_functions(kind, merged)
         except ValueError as exc:
             raise err(str(exc), "library") from None
-        params = {}
+        params, tables = {}, set()
         for fn in fns.values():
             params.update(function_params(fn))
+            tables |= takes_table(fn)
         for key, value in point.items():
             if key in runner:
                 typ = runner[key][0]
@@ -393,7 +395,7 @@ def _expand_job(job: dict, index: int, data: dict, models: dict, ctx: _Ctx, seed
                     raise err(f"{key} must be {_type_name(typ)}, got {value!r}", key)
             elif key in params:
                 typ = _param_type(params[key])
-                if value == NONE or (isinstance(value, dict) and any(key == k for _, k in TAKES_DICT)):
+                if value == NONE or (isinstance(value, dict) and key in tables):
                     continue
                 if typ is not None and not _type_ok(value, typ):
                     raise err(f"{key} must be {_type_name(typ)} (the default is {params[key]!r}), got {value!r}", key)
