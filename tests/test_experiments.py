@@ -335,3 +335,30 @@ def test_only_selects_jobs_by_name(tmp_path, capsys):
     path.write_text(BASE + '[[jobs]]\nkind = "attack"\nmodel = "m"\nattack = ["pgd", "ddn"]\n')
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--only", "cw_l2"]) == 2
     assert "no job's name contains 'cw_l2'" in capsys.readouterr().err
+
+
+def test_unavailable_device_is_a_clear_error(tmp_path):
+    import torch
+    bad = "cuda" if not torch.cuda.is_available() else "tpu"
+    proc = subprocess.run(_cli("run", str(SMOKE), "--out", str(tmp_path / "x"), "--device", bad),
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"audioadv run: --device {bad}:") and "Traceback" not in proc.stderr
+
+
+def test_gpu_run_matches_the_cpu_run(smoke_run, tmp_path):
+    """The same file on a GPU: the same jobs and examples, and success rates close to the CPU run's (float
+    arithmetic differs between devices, so training and attacks do not give the same bits)."""
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    out = tmp_path / "gpu"
+    proc = subprocess.run(_cli("run", str(SMOKE), "--out", str(out), "--quiet", "--device", "cuda"),
+                          capture_output=True, text=True, env=_env(), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cpu, gpu = _rows(smoke_run), _rows(out)
+    assert cpu.keys() == gpu.keys()
+    for field in ("success", "correct"):
+        a = [r[field] for r in cpu.values() if field in r]
+        b = [gpu[k][field] for k, r in cpu.items() if field in r]
+        assert abs(sum(a) - sum(b)) <= max(2, 0.1 * len(a)), field

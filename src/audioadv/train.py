@@ -86,7 +86,8 @@ def predict(model, waves: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Logits for many waveforms, in batches, in eval mode."""
     was = model.training
     model.eval()
-    out = [model(waves[i:i + batch_size]) for i in range(0, len(waves), batch_size)]
+    dev = _device(model)
+    out = [model(waves[i:i + batch_size].to(dev)).cpu() for i in range(0, len(waves), batch_size)]
     model.train(was)
     return torch.cat(out) if out else torch.zeros(0, model.num_classes)
 
@@ -102,21 +103,27 @@ def evaluate(model, ds: AudioDataset, batch_size: int = 64) -> dict:
             "n": len(ds), "confusion": cm.tolist(), "predictions": preds.tolist()}
 
 
+def _device(model) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
 def _noisy_forward(model, x, sigma, at, generator):
     if sigma <= 0:
         return model(x)
     front, back = model.split(at)
     z = front(x)
-    return back(z + sigma * torch.randn(z.shape, generator=generator))
+    # drawn on the CPU generator whatever the device: the same noise, so the same model, on any device
+    return back(z + sigma * torch.randn(z.shape, generator=generator).to(z.device))
 
 
 def fit(model, train: AudioDataset, val: AudioDataset, cfg: TrainConfig | None = None, *, out_dir=None,
-        config: dict | None = None, progress: bool = True, log=print) -> dict:
+        config: dict | None = None, progress: bool = True, log=print, device=None) -> dict:
     """Train `model` on `train`, validating on `val` each epoch; returns a summary dict.
 
     With out_dir, the best epoch's weights are saved there with `save_checkpoint` (config.json
     gets `config`, the training arguments and metrics) and each epoch is appended to
-    history.jsonl. The model is left holding the best weights.
+    history.jsonl. The model is left holding the best weights. device: where the model trains (default: where
+    its parameters are); augmentation and noise are drawn on the CPU, so a seed gives the same draws anywhere.
     """
     from .models import save_checkpoint
 
@@ -128,6 +135,8 @@ def fit(model, train: AudioDataset, val: AudioDataset, cfg: TrainConfig | None =
         raise ValueError(f"dataset has {train.num_classes} classes but the model {model.num_classes} outputs")
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
+    dev = torch.device(device) if device is not None else _device(model)
+    model.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -154,7 +163,8 @@ def fit(model, train: AudioDataset, val: AudioDataset, cfg: TrainConfig | None =
             if len(idx) < 2:  # batch norm needs two examples
                 continue
             x, y = train.waves[idx], train.labels[idx]
-            x = augment_waveform(x, cfg.gain_db, shift, g)
+            x = augment_waveform(x, cfg.gain_db, shift, g).to(dev)
+            y = y.to(dev)
             logits = _noisy_forward(model, x, cfg.noise_sigma, cfg.noise_at, g)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -194,7 +204,8 @@ def _evaluate_noisy(model, ds, cfg, g):
     """Validation under the same noise as training (what a smoothed classifier's base model sees)."""
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([_noisy_forward(model, ds.waves[i:i + 64], cfg.noise_sigma, cfg.noise_at, g)
+        dev = _device(model)
+        logits = torch.cat([_noisy_forward(model, ds.waves[i:i + 64].to(dev), cfg.noise_sigma, cfg.noise_at, g).cpu()
                             for i in range(0, len(ds), 64)])
     return {"accuracy": float((logits.argmax(1) == ds.labels).float().mean()),
             "loss": float(F.cross_entropy(logits, ds.labels))}

@@ -19,6 +19,8 @@ def register(sub) -> None:
                    help="shard examples over Ray actors: a local Ray without ADDRESS, else the cluster at ADDRESS "
                         "(needs the distributed extra)")
     p.add_argument("--workers", type=int, help="Ray actors (default: one per CPU, at most 8)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when torch sees one, else the CPU), cpu, cuda or "
+                                                     "cuda:N; with --ray, each actor's GPU when the cluster has GPUs")
     p.add_argument("--only", metavar="TEXT", help="run only the jobs whose name contains TEXT (and the models they use)")
     p.set_defaults(func=run_experiment)
 
@@ -53,7 +55,8 @@ def run_experiment(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        out = run(args.experiment, args.out, quiet=args.quiet, ray=args.ray, workers=args.workers, only=args.only)
+        out = run(args.experiment, args.out, quiet=args.quiet, ray=args.ray, workers=args.workers, only=args.only,
+                  device=args.device)
     except SpecError as exc:
         print(f"audioadv run: {exc}", file=sys.stderr)
         return 2

@@ -15,10 +15,12 @@ from pathlib import Path
 
 
 class RayExecutor:
-    """Runs jobs' pending batches on `workers` Ray actors (default: one per CPU Ray reports, at most 8)."""
+    """Runs jobs' pending batches on `workers` Ray actors. On a cluster with GPUs (and device not "cpu"): by
+    default one actor per GPU, each reserving its share (`num_gpus`) and running there; otherwise one actor per
+    CPU Ray reports, at most 8."""
 
     def __init__(self, address: str | None = None, *, workers: int | None = None, cpus_per_worker: float = 1,
-                 gpus_per_worker: float = 0):
+                 gpus_per_worker: float | None = None, device: str | None = None):
         try:
             import ray
         except ImportError:
@@ -29,9 +31,16 @@ class RayExecutor:
             kw = {"address": address} if address else {"num_cpus": os.cpu_count(), "include_dashboard": False}
             ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=False,
                      configure_logging=False, **kw)
-        total = int(ray.cluster_resources().get("CPU", 1) // max(cpus_per_worker, 1e-9))
-        self.workers = max(1, min(workers or min(total, 8), total or 1))
+        resources = ray.cluster_resources()
+        total = int(resources.get("CPU", 1) // max(cpus_per_worker, 1e-9))
+        gpus = 0.0 if device == "cpu" else float(resources.get("GPU", 0))
+        default = int(gpus) if gpus >= 1 else min(total, 8)
+        self.workers = max(1, min(workers or default, total or 1))
+        if gpus_per_worker is None:       # share the GPUs out; Ray pins each actor to its own (CUDA_VISIBLE_DEVICES)
+            gpus_per_worker = min(1.0, gpus / self.workers) if gpus else 0.0
         self.cpus, self.gpus = cpus_per_worker, gpus_per_worker
+        # an actor with a GPU runs on it; one without stays on the CPU even where its node has GPUs
+        self.device = "cpu" if not self.gpus else (device or "auto")
 
     def run(self, ctx, job, jid: str, plan) -> None:
         from ray.util import ActorPool
@@ -43,7 +52,7 @@ class RayExecutor:
         Worker = self.ray.remote(num_cpus=self.cpus, num_gpus=self.gpus)(_Worker)
         source = ctx.experiment
         actors = [Worker.remote(str(source), source.read_text(), os.getcwd(), str(ctx.root.resolve()), jid,
-                                max(1, int(self.cpus)))
+                                max(1, int(self.cpus)), self.device)
                   for _ in range(min(self.workers, len(pending)))]
         pool = ActorPool(actors)
         bar = ctx.bar(len(plan.ids), len(done & set(plan.ids)), job.name)
@@ -61,7 +70,7 @@ class RayExecutor:
 class _Worker:
     """One model copy: rebuilds the job's plan from the experiment file, then computes batches."""
 
-    def __init__(self, path: str, text: str, cwd: str, run_dir: str, jid: str, threads: int):
+    def __init__(self, path: str, text: str, cwd: str, run_dir: str, jid: str, threads: int, device: str):
         import torch
 
         from . import jobs as J
@@ -76,7 +85,7 @@ class _Worker:
             raise RuntimeError(f"{path}: the experiment file differs on this node")
         job = next(j for j in exp.jobs if job_id(j.kind, j.settings) == jid)
         self.store = Store(run_dir)
-        ctx = J.Context(run_dir, self.store, quiet=True, log=lambda m: None)
+        ctx = J.Context(run_dir, self.store, quiet=True, log=lambda m: None, device=device)
         self.plan = J.PLANS[job.kind](ctx, job, jid)
 
     def compute(self, batch: int, positions: list[int]) -> list:

@@ -27,8 +27,9 @@ SAFE = re.compile(r"[^A-Za-z0-9_-]")
 class Context:
     """What the jobs of one run share: its folder, store, loaded models and data, progress settings."""
 
-    def __init__(self, run_dir, store: Store, *, quiet: bool = False, log=print, ray=None):
+    def __init__(self, run_dir, store: Store, *, quiet: bool = False, log=print, ray=None, device=None):
         self.root, self.store, self.quiet, self.log, self.ray = Path(run_dir), store, quiet, log, ray
+        self.device = resolve_device(device)
         self._models, self._data = {}, {}
 
     def bar(self, total: int, done: int, desc: str):
@@ -43,6 +44,21 @@ class Context:
             kw = {} if length is None else {"input_length": length, "sample_rate": sr}
             self._data[key] = load_dataset(spec, split, **kw)
         return self._data[key]
+
+
+def resolve_device(device=None) -> torch.device:
+    """"auto" or None: the first GPU when torch sees one, else the CPU; otherwise the named torch device."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch sees no CUDA device on this machine")
+    return dev
+
+
+def _to(x, dev):
+    """A tensor or a dict of tensors (audio-visual inputs) on device dev."""
+    return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in x.items()} if isinstance(x, dict) else x.to(dev)
 
 
 def _seed_for(seed: int, batch: int) -> int:
@@ -67,8 +83,10 @@ def _inputs(ds, idx):
 
 @torch.no_grad()
 def _predict(model, ds, batch_size: int = 64) -> torch.Tensor:
+    """Predicted classes of a whole dataset, on the CPU."""
     model.eval()
-    return torch.cat([model(_inputs(ds, torch.arange(i, min(i + batch_size, len(ds))))).argmax(1)
+    dev = next(model.parameters()).device
+    return torch.cat([model(_to(_inputs(ds, torch.arange(i, min(i + batch_size, len(ds)))), dev)).argmax(1).cpu()
                       for i in range(0, len(ds), batch_size)]) if len(ds) else torch.zeros(0, dtype=torch.long)
 
 
@@ -88,16 +106,19 @@ def _accepts(fn, name: str) -> bool:
 
 
 # models -----------------------------------------------------------------------------------------------------
-def load_model(ctx: Context, model: Model):
-    """(module, config) of a declared model (any checkpoint kind models.load reads), training it first (as a
-    `train` job) when it has a train block."""
-    if model.name not in ctx._models:
+def load_model(ctx: Context, model: Model, device=None):
+    """(module, config) of a declared model (any checkpoint kind models.load reads) on `device` (default the
+    run's), training it first (as a `train` job) when it has a train block."""
+    dev = torch.device(device or ctx.device)
+    key = (model.name, str(dev))
+    if key not in ctx._models:
         if model.train is not None:
-            ctx._models[model.name] = run_train(ctx, model)
+            net, cfg = run_train(ctx, model)
         else:
             from ..models import load
-            ctx._models[model.name] = load(model.checkpoint, frozen=True)
-    return ctx._models[model.name]
+            net, cfg = load(model.checkpoint, frozen=True)
+        ctx._models[key] = (net.to(dev), cfg)
+    return ctx._models[key]
 
 
 def run_train(ctx: Context, model: Model):
@@ -137,12 +158,14 @@ def run_train(ctx: Context, model: Model):
     config = {"data": s["data"], "train_job": jid}
     if hasattr(train, "video"):           # audio-visual: the AV models' own adapter around train.fit
         from ..models.av import fit_av
-        summary = fit_av(net, train, val, cfg, out_dir=folder, config=config, seed=s["seed"], log=log)
+        summary = fit_av(net, train, val, cfg, out_dir=folder, config=config, seed=s["seed"], log=log,
+                         device=ctx.device)
     else:
-        summary = fit(net, train, val, cfg, out_dir=folder, config=config, progress=not ctx.quiet, log=log)
+        summary = fit(net, train, val, cfg, out_dir=folder, config=config, progress=not ctx.quiet, log=log,
+                      device=ctx.device)
     net, config = load(folder, frozen=True)
     test = ctx.dataset(s["data"], "test", int(config["input_length"]), int(config.get("sample_rate", 16000)))
-    preds = _predict(net, test)
+    preds = _predict(net.to(ctx.device), test)
     rows = []
     for i in range(len(test)):
         item = test.items[i] if test.items else {}
@@ -237,8 +260,9 @@ def plan_attack(ctx: Context, job: Job, jid: str) -> Plan:
 
     def compute(b, pos):
         rows_idx = torch.tensor([idx[p] for p in pos])
-        inputs, y = _inputs(ds, rows_idx), ds.labels[rows_idx]
-        x = ds.waves[rows_idx]
+        dev = ctx.device
+        inputs, y = _to(_inputs(ds, rows_idx), dev), ds.labels[rows_idx].to(dev)
+        x = ds.waves[rows_idx].to(dev)
         kw = dict(job.fn_params)
         if _accepts(fn, "seed"):
             kw["seed"] = _seed_for(s["seed"], b)
@@ -278,7 +302,8 @@ def plan_universal(ctx: Context, job: Job, jid: str) -> Plan:
     from ..attacks.universal_eval import evaluate
 
     s = job.settings
-    model, cfg = load_model(ctx, job.model)
+    # crafting takes a dataset (the peers' too) and the evaluation applies v on the CPU: the job runs there
+    model, cfg = load_model(ctx, job.model, "cpu")
     length, sr = int(cfg["input_length"]), int(cfg.get("sample_rate", 16000))
     classes = [str(c) for c in cfg.get("classes", range(cfg["num_classes"]))]
     target = _class_index(s["target"], classes, job.name)
@@ -313,7 +338,7 @@ def plan_universal(ctx: Context, job: Job, jid: str) -> Plan:
     idx = _select(test, {**s, "per_class": 0})      # per_class picks the crafting clips; v is tested on the split
     targets = [(job.model, model, test, "")]
     for other in job.extra_models:
-        om, ocfg = load_model(ctx, other)
+        om, ocfg = load_model(ctx, other, "cpu")
         if int(ocfg["input_length"]) != length:
             raise ValueError(f"{job.name}: transfer model {other.name} takes {ocfg['input_length']} samples, v has {length}")
         targets.append((other, om, ctx.dataset(job.data, s["split"], length, int(ocfg.get("sample_rate", sr))),
@@ -363,7 +388,7 @@ def plan_certify(ctx: Context, job: Job, jid: str) -> Plan:
         for q in pos:
             i = idx[q]
             t0, c0 = time.perf_counter(), time.process_time()
-            pred, rad = smooth.certify(ds.waves[i], seed=s["seed"] + i, **cert)
+            pred, rad = smooth.certify(ds.waves[i].to(ctx.device), seed=s["seed"] + i, **cert)
             label = int(ds.labels[i])
             abstain = pred == Smooth.ABSTAIN
             out.append((ids[q], q, {**_meta(ds.items[i] if ds.items else {}), "index": i, "label": classes[label],
@@ -406,6 +431,7 @@ def plan_asr_attack(ctx: Context, job: Job, jid: str) -> Plan:
     def compute(b, pos):
         ks = [order[p] for p in pos]
         wav, lengths = pad_batch([data.waves[picked[k]] for k in ks])
+        wav, lengths = wav.to(ctx.device), lengths.to(ctx.device)
         tg, og = [targets[k] for k in ks], [originals[k] for k in ks]
         torch.manual_seed(_seed_for(s["seed"], b))
         t0, c0 = time.perf_counter(), time.process_time()

@@ -30,14 +30,20 @@ def check_targets(exp: S.Experiment) -> None:
 
 
 def run(path, out=None, *, quiet: bool = False, log=print, ray: str | None = None, workers: int | None = None,
-        only: str | None = None) -> Path:
+        only: str | None = None, device: str | None = None) -> Path:
     """Run every job of the experiment file `path` into `out` (default runs/NAME); returns the run folder.
 
     ray: None runs in this process; "local" starts a local Ray and shards examples over its actors; any other
     value is the address of a running Ray cluster. workers: Ray actors (default one per CPU, at most 8).
-    only: run just the jobs whose name contains this text (and train just the models they use)."""
+    only: run just the jobs whose name contains this text (and train just the models they use).
+    device: "auto" (default: the first GPU when torch sees one, else the CPU), "cpu", "cuda" or "cuda:N"; with
+    Ray, each actor's own GPU when the cluster has GPUs. Universal-perturbation jobs run on the CPU."""
     exp = S.load(path)
     check_targets(exp)
+    try:
+        J.resolve_device(device)
+    except (ValueError, RuntimeError) as exc:    # torch.device raises RuntimeError for an unknown name
+        raise S.SpecError(f"--device {device}: {exc}") from None
     if only:
         exp.jobs = [j for j in exp.jobs if only in j.name]
         if not exp.jobs:
@@ -48,8 +54,8 @@ def run(path, out=None, *, quiet: bool = False, log=print, ray: str | None = Non
     executor = None
     if ray is not None:
         from .distributed import RayExecutor
-        executor = RayExecutor(None if ray == "local" else ray, workers=workers)
-    ctx = J.Context(out, store, quiet=quiet, log=log, ray=executor)
+        executor = RayExecutor(None if ray == "local" else ray, workers=workers, device=device)
+    ctx = J.Context(out, store, quiet=quiet, log=log, ray=executor, device=device)
     ctx.experiment = Path(path)
     failed = []
     try:

@@ -180,9 +180,10 @@ def transcribe(model: Recognizer, wav: torch.Tensor, lengths=None, *, beam_width
     if wav.dim() == 1:
         wav = wav.unsqueeze(0)
     lengths = _lengths(wav, lengths)
+    dev = next(model.parameters()).device
     out: list[str] = []
     for i in range(0, wav.shape[0], batch_size):
-        logits, frames = model.frame_logits(wav[i:i + batch_size], lengths[i:i + batch_size])
+        logits, frames = model.frame_logits(wav[i:i + batch_size].to(dev), lengths[i:i + batch_size].to(dev))
         if beam_width > 1:
             labels = beam_search_decode(logits, frames, model.blank, beam_width)
         else:

@@ -208,15 +208,15 @@ class _Packed(nn.Module):
     def forward(self, x):
         audio, video = x[:, :self.t], x[:, self.t:].reshape(len(x), *self.vshape)
         if self.training:
-            b = len(audio)
+            b, dev = len(audio), audio.device      # drawn on the CPU generator: the same draws on any device
             gain = 10 ** ((torch.rand(b, 1, generator=self.g) * 2 - 1) * self.gain_db / 20)
-            audio = audio * gain
+            audio = audio * gain.to(dev)
             lo, hi = self.snr_db
             snr = lo + (hi - lo) * torch.rand(b, 1, generator=self.g)
             rms = audio.pow(2).mean(1, keepdim=True).sqrt()
             noisy = torch.rand(b, 1, generator=self.g) < self.noise_prob
-            noise = torch.randn(audio.shape, generator=self.g) * rms / 10 ** (snr / 20)
-            audio = (audio + noise * noisy).clamp(-1, 1)
+            noise = torch.randn(audio.shape, generator=self.g) * noisy
+            audio = (audio + noise.to(dev) * rms / 10 ** (snr.to(dev) / 20)).clamp(-1, 1)
         return self.net({"audio": audio, "video": video})
 
 
@@ -225,7 +225,7 @@ def pack(ds) -> "torch.Tensor":
 
 
 def fit_av(model: AVClassifier, train, val, cfg=None, *, out_dir=None, config: dict | None = None, seed: int = 0,
-           progress: bool = False, log=print, **augment) -> dict:
+           progress: bool = False, log=print, device=None, **augment) -> dict:
     """Train an AV classifier on `AVDataset`s with `train.fit` (packing adapter, module docstring).
     `cfg` is a `train.TrainConfig`; its waveform augmentations are replaced by the adapter's
     (keyword arguments of `_Packed`: gain_db, snr_db, noise_prob). With `out_dir` the best weights
@@ -239,7 +239,7 @@ def fit_av(model: AVClassifier, train, val, cfg=None, *, out_dir=None, config: d
     cfg = replace(cfg or TrainConfig(), gain_db=0.0, shift_ms=0.0, noise_sigma=0.0, seed=seed)
     wrap = _Packed(model, seed=seed, **augment)
     as_audio = lambda d: AudioDataset(pack(d), d.labels, d.classes, d.sample_rate, d.items, d.name)  # noqa: E731
-    summary = fit(wrap, as_audio(train), as_audio(val), cfg, progress=progress, log=log)
+    summary = fit(wrap, as_audio(train), as_audio(val), cfg, progress=progress, log=log, device=device)
     model.eval()
     if out_dir:
         c = dict(config or {})
