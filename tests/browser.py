@@ -1,5 +1,6 @@
 """Open a page in headless Chromium (Debian's `chromium`) and report what it loaded: each audio element's duration
-(after its metadata loaded; -1 on a decode error), each image's naturalWidth, and every resource URL requested."""
+(after its metadata loaded; -1 on a decode error), each video element's duration and videoWidth (the same way),
+each image's naturalWidth, and every resource URL requested."""
 from __future__ import annotations
 
 import json
@@ -18,8 +19,11 @@ PROBE = """<script>
     a.load();
   });
   const durations = await Promise.all([...document.querySelectorAll('audio')].map(wait));
+  const videos = [...document.querySelectorAll('video')];
+  const vdur = await Promise.all(videos.map(wait));
   await Promise.all([...document.images].map(i => i.complete ? 0 : new Promise(r => { i.onload = i.onerror = r; })));
   const out = {audio: durations, images: [...document.images].map(i => i.naturalWidth),
+               video: videos.map((v, i) => ({duration: vdur[i], width: v.videoWidth})),
                resources: performance.getEntriesByType('resource').map(e => e.name),
                sources: [...document.querySelectorAll('[src],[href]')].map(e => e.src || e.href)};
   const pre = document.createElement('pre'); pre.id = 'probe-result'; pre.textContent = JSON.stringify(out);
@@ -63,6 +67,8 @@ def probe(page: Path, screenshot: Path | None = None, binary: str | None = None)
     result = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<")
                         .replace("&gt;", ">"))
     if screenshot is not None:
-        subprocess.run(_flags(binary) + [f"--screenshot={screenshot}", "--window-size=1200,2400", page.as_uri()],
+        # the time budget lets videos load their first frame before the shot
+        subprocess.run(_flags(binary) + [f"--screenshot={screenshot}", "--window-size=1200,2400",
+                                         "--virtual-time-budget=5000", page.as_uri()],
                        capture_output=True, timeout=180)
     return result

@@ -236,6 +236,90 @@ def test_report_in_a_real_browser(smoke_run, tmp_path):
     assert shot.is_file() and shot.stat().st_size > 10_000
 
 
+AV = """
+name = "av"
+seed = 0
+[data.av]
+spec = "synth-av-commands?per_word=6&words=no,up"
+[models.fused]
+train = { arch = "av-commands", data = "av", epochs = 1 }
+[[jobs]]
+kind = "attack"
+model = "fused"
+attack = "msae"
+sparsity = 0.3
+examples = 2
+only_correct = false
+warmup = 2
+rounds = 3
+finetune = 2
+audio = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def av_run(tmp_path_factory):
+    """A tiny audio-visual run: one epoch of av-commands on two words, a short MSAE on two clips, the first saved."""
+    exp = tmp_path_factory.mktemp("av") / "av.toml"
+    exp.write_text(AV)
+    out = exp.parent / "run"
+    assert main(["run", str(exp), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_av_frames_are_saved_with_their_audio_only(av_run, smoke_run):
+    import numpy as np
+    saved = list((av_run / "video").rglob("*.npz"))
+    assert [p.stem for p in saved] == ["test-00000"]                 # audio = 1: the first example only
+    assert (av_run / "audio" / saved[0].parent.name / "test-00000-adv.wav").is_file()
+    with np.load(saved[0]) as z:
+        assert z["clean"].shape == z["adv"].shape == (25, 32, 32) and z["adv"].dtype == np.float32
+        assert float(z["fps"]) == 25
+    assert not (smoke_run / "video").exists()                        # audio-only runs save no frames
+
+
+def test_av_report_without_an_encoder_keeps_the_audio(av_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from audioadv.experiments import video
+    from audioadv.experiments.report import write_report
+    run = tmp_path / "run"
+    shutil.copytree(av_run, run)
+    monkeypatch.setattr(video, "ffmpeg", lambda: None)
+    with pytest.warns(UserWarning, match="no ffmpeg was found"):
+        page = write_report(run)
+    text = page.read_text()
+    assert text.count("no ffmpeg was found") == 1 and "<video" not in text
+    assert text.count("<audio") == 3
+    assert main(["report", str(run)]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("audioadv report: warning:") and "no ffmpeg" in err
+
+
+def test_av_report_videos_in_a_real_browser(av_run, tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from browser import chromium, probe
+
+    from audioadv.experiments.video import encoder
+    if encoder() is None:
+        pytest.skip("no ffmpeg with H.264 or VP9 (install Debian's ffmpeg or pip install imageio-ffmpeg)")
+    binary = chromium()
+    if binary is None:
+        pytest.skip("Debian's chromium is not installed and could not be installed with apt-get")
+    assert main(["report", str(av_run)]) == 0
+    page = av_run / "report.html"
+    shot = tmp_path / "report.png"
+    result = probe(page, shot, binary)
+    assert len(result["video"]) == 3                                 # clean, adversarial, perturbation alone
+    assert all(v["duration"] > 0 and v["width"] > 0 for v in result["video"]), result["video"]
+    assert result["images"] and all(w > 0 for w in result["images"]), result["images"]
+    assert all(u.startswith("file:") for u in result["resources"] + result["sources"]), result
+    clips = {p: p.stat().st_mtime_ns for p in (av_run / "report").rglob(f"*.{encoder()[1]}")}
+    assert len(clips) == 3
+    assert main(["report", str(av_run)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in clips} == clips          # written again without encoding again
+
+
 def test_ray_gives_the_same_rows_as_one_process(smoke_run, tmp_path):
     pytest.importorskip("ray", reason="the distributed extra (Ray) is not installed")
     out = tmp_path / "ray"

@@ -67,8 +67,7 @@ def run_experiment(args) -> int:
         print(f"audioadv run: {exc}", file=sys.stderr)
         return 1
     if args.report:
-        from ..experiments.report import write_report
-        print(f"report: {write_report(out)}")
+        print(f"report: {_report(out)}")
     print(f"results: {out / 'results.sqlite'}; tables: audioadv table {out}")
     return 0
 
@@ -93,7 +92,19 @@ def run_table(args) -> int:
     return 0
 
 
-def run_report(args) -> int:
+def _report(run_dir: Path, **kw) -> Path:
+    """write_report, its warnings (such as no video encoder) printed as one line each rather than with source."""
+    import warnings
+
     from ..experiments.report import write_report
-    print(write_report(Path(args.run_dir), examples=args.examples))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        page = write_report(run_dir, **kw)
+    for w in caught:
+        print(f"audioadv report: warning: {w.message}", file=sys.stderr)
+    return page
+
+
+def run_report(args) -> int:
+    print(_report(Path(args.run_dir), examples=args.examples))
     return 0

@@ -8,6 +8,7 @@ numbers as an uninterrupted run.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -74,6 +75,20 @@ def _save_audio(ctx: Context, jid: str, eid: str, clean, adv, sr: int) -> dict:
         save(path, wav.detach().float().cpu(), sr, subtype="FLOAT", warn_clipping=False)
         paths[f"{name}_wav"] = str(path.relative_to(ctx.root))
     return paths
+
+
+def _save_video(ctx: Context, jid: str, eid: str, clean, adv, fps: float) -> dict:
+    """An audio-visual example's clean and adversarial frames, for the report's videos. Float32, since a
+    perturbation below one grey level would vanish in 8 bits; written to a temporary name first, so a file that
+    exists is complete."""
+    import numpy as np
+    path = ctx.root / "video" / jid / f"{SAFE.sub('_', eid)}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+    np.savez_compressed(tmp, clean=clean.detach().float().cpu().numpy(), adv=adv.detach().float().cpu().numpy(),
+                        fps=np.float32(fps))
+    os.replace(tmp, path)
+    return {"video_npz": str(path.relative_to(ctx.root))}
 
 
 def _inputs(ds, idx):
@@ -287,6 +302,9 @@ def plan_attack(ctx: Context, job: Job, jid: str) -> Plan:
                    **{k: float(v[j]) for k, v in m.items()}, "seconds": secs, "cpu_seconds": cpu}
             if p < s["audio"]:
                 row.update(_save_audio(ctx, jid, ids[p], x[j], adv[j], ds.sample_rate))
+                if isinstance(adv_inputs, dict) and "video" in adv_inputs:     # the report shows it as a video
+                    row.update(_save_video(ctx, jid, ids[p], inputs["video"][j], adv_inputs["video"][j],
+                                           getattr(ds, "fps", 25.0)))
             out.append((ids[p], p, row))
         return out
 

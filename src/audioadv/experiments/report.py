@@ -1,22 +1,26 @@
 """`RUN_DIR/report.html`: a static page to listen to and look at a run's results.
 
 It opens from disk and loads nothing from the network: audio files are referenced by relative paths inside the
-run folder, images are PNG files written next to it (`RUN_DIR/report/`), and the style sheet is inline. Per job:
+run folder, images (and videos) are files written next to it (`RUN_DIR/report/`), and the style sheet is inline. Per job:
 a summary of its metrics and resolved settings; for the examples whose audio was saved, players for the clean,
-adversarial and perturbation-alone audio with a waveform and spectrogram image; a universal perturbation's own
-player and spectrum; certification's certified-accuracy curve.
+adversarial and perturbation-alone audio with a waveform and spectrogram image (for an audio-visual example,
+videos with that audio as their sound instead, encoded into `RUN_DIR/report/` by `video.py`); a universal
+perturbation's own player and spectrum; certification's certified-accuracy curve.
 """
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
+import warnings
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 
 from . import tables as T
+from . import video as V
 from .runner import declared
 from .store import Store
 
@@ -27,7 +31,8 @@ table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 .ex{border:1px solid #e3e3e3;border-radius:6px;padding:.6em;margin:.8em 0}
 .players{display:flex;gap:1em;flex-wrap:wrap}.players div{font-size:.85em}
-audio{width:260px;display:block}img{max-width:100%}code{font-size:.85em}.muted{color:#777;font-size:.85em}
+audio{width:260px;display:block}video{width:256px;display:block;image-rendering:pixelated}
+img{max-width:100%}code{font-size:.85em}.muted{color:#777;font-size:.85em}
 .ok{color:#0a6d2c}.no{color:#a31515}
 """
 
@@ -101,7 +106,43 @@ def _metrics_table(kind: str, rows: list[dict], job: dict) -> str:
     return f"<table><tr>{cells}</tr><tr>{vals}</tr></table>"
 
 
-def _example(root: Path, job: dict, r: dict, img_dir: Path) -> str:
+NO_ENCODER = ("Videos of the audio-visual examples are not shown: no ffmpeg was found (install Debian's ffmpeg or "
+              "<code>pip install imageio-ffmpeg</code> and write the report again); their audio players are.")
+
+
+def _videos(root: Path, r: dict, img_dir: Path, enc: tuple) -> str:
+    """Clean, adversarial and perturbation-alone videos of an AV example, each with that audio as its sound; a clip
+    already encoded from the same files is reused."""
+    npz = root / r["video_npz"]
+    frames, fps, gain = V.clips(npz)
+    stem = r["example_id"].replace("/", "_")
+    amp = f"video &times;{gain:.3g} around grey" if gain else "video unchanged"
+    out = ""
+    for key, label in (("clean", "clean"), ("adv", "adversarial"), ("delta", f"perturbation alone ({amp})")):
+        wav = root / r[f"{key}_wav"]
+        path = img_dir / f"{stem}-{key}.{enc[1]}"
+        if not V.fresh(path, npz, wav):
+            V.encode(enc, frames[key], fps, wav, path)
+        out += (f"<div>{label}<video controls preload='auto' src='{_src(str(path.relative_to(root)))}'>"
+                f"</video></div>")
+    return out
+
+
+def _players(root: Path, r: dict, img_dir: Path, encoder) -> str:
+    """The example's videos where it has saved frames and they can be encoded, else its audio players."""
+    audio = "".join(f"<div>{label}<audio controls preload='metadata' src='{_src(r[key])}'></audio></div>"
+                    for key, label in (("clean_wav", "clean"), ("adv_wav", "adversarial"),
+                                       ("delta_wav", "perturbation alone")) if r.get(key))
+    if not (r.get("video_npz") and (root / r["video_npz"]).is_file() and encoder()):
+        return audio
+    try:
+        return _videos(root, r, img_dir, encoder())
+    except (RuntimeError, OSError, KeyError, ValueError) as exc:     # one bad clip must not cost the whole page
+        warnings.warn(f"no video for {r['example_id']}: {exc}", stacklevel=2)
+        return f"{audio}<div class='no'>no video: {_esc(exc)}</div>"
+
+
+def _example(root: Path, job: dict, r: dict, img_dir: Path, encoder) -> str:
     kind = job["kind"]
     if kind == "asr-attack":
         what = (f"original <q>{_esc(r.get('original'))}</q> &rarr; decoded <q>{_esc(r.get('decoded'))}</q> "
@@ -113,9 +154,7 @@ def _example(root: Path, job: dict, r: dict, img_dir: Path) -> str:
     badge = "" if ok is None else f"<span class='{'ok' if ok else 'no'}'>{'fooled' if ok else 'not fooled'}</span>"
     snr = r.get("snr_db")
     snr_txt = f", SNR {snr:.1f} dB" if isinstance(snr, (int, float)) else ""
-    players = "".join(f"<div>{label}<audio controls preload='metadata' src='{_src(r[key])}'></audio></div>"
-                      for key, label in (("clean_wav", "clean"), ("adv_wav", "adversarial"),
-                                         ("delta_wav", "perturbation alone")) if r.get(key))
+    players = _players(root, r, img_dir, encoder)
     img = ""
     if r.get("clean_wav") and r.get("adv_wav") and (root / r["clean_wav"]).is_file():
         clean, sr = _read(root / r["clean_wav"])
@@ -176,6 +215,8 @@ def write_report(run_dir, *, examples: int | None = None) -> Path:
              f"<style>{CSS}</style></head><body><h1>audioadv report: {_esc(name)}</h1>"
              f"<p class='muted'>Run folder <code>{_esc(root.resolve())}</code>. Tables: "
              f"<code>audioadv table {_esc(root)}</code>.</p>"]
+    encoder = functools.cache(V.encoder)       # looked for once, and only when an example has video
+    has_video = False
     try:
         for job in store.jobs():
             rows = store.examples(job["job_id"])
@@ -191,11 +232,15 @@ def write_report(run_dir, *, examples: int | None = None) -> Path:
             if job["kind"] == "certify":
                 parts.append(_certify_extra(root, rows, img_dir))
             shown = [r for r in rows if r.get("adv_wav")][:examples]
-            parts += [_example(root, job, r, img_dir) for r in shown]
+            has_video |= any(r.get("video_npz") for r in shown)
+            parts += [_example(root, job, r, img_dir, encoder) for r in shown]
             settings = json.dumps(job["settings"], indent=1, sort_keys=True)
             parts.append(f"<details><summary>resolved settings</summary><pre>{_esc(settings)}</pre></details>")
     finally:
         store.close()
+    if has_video and encoder() is None:
+        warnings.warn(NO_ENCODER.replace("<code>", "").replace("</code>", ""), stacklevel=2)
+        parts.insert(1, f"<p class='no'>{NO_ENCODER}</p>")
     parts.append("</body></html>")
     page = root / "report.html"
     page.write_text("\n".join(parts))
