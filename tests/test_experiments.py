@@ -219,20 +219,25 @@ def test_store_is_strict_json_and_audio_named_by_ids(smoke_run):
     assert not any(w in p.stem.split("-") for p in wavs for w in words)   # never a label in a file name
 
 
-def test_report_in_a_real_browser(smoke_run, tmp_path):
+def _report_in_browser(run_dir: Path, tmp_path: Path) -> dict:
+    """Write the run's report and load it in headless Chromium: every image decodes, only files are read."""
     sys.path.insert(0, str(Path(__file__).parent))
     from browser import chromium, probe
     binary = chromium()
     if binary is None:
         pytest.skip("Debian's chromium is not installed and could not be installed with apt-get")
-    assert main(["report", str(smoke_run)]) == 0
-    page = smoke_run / "report.html"
-    shot = tmp_path / "report.png"
-    result = probe(page, shot, binary)
-    assert len(result["audio"]) >= 2 * 3 + 1                   # two attack jobs with players, and v
-    assert all(d > 0 for d in result["audio"]), result["audio"]  # every player's file exists and decodes
+    assert main(["report", str(run_dir)]) == 0
+    result = probe(run_dir / "report.html", tmp_path / "report.png", binary)
     assert result["images"] and all(w > 0 for w in result["images"]), result["images"]
     assert all(u.startswith("file:") for u in result["resources"] + result["sources"]), result
+    return result
+
+
+def test_report_in_a_real_browser(smoke_run, tmp_path):
+    result = _report_in_browser(smoke_run, tmp_path)
+    assert len(result["audio"]) >= 2 * 3 + 1                   # two attack jobs with players, and v
+    assert all(d > 0 for d in result["audio"]), result["audio"]  # every player's file exists and decodes
+    shot = tmp_path / "report.png"
     assert shot.is_file() and shot.stat().st_size > 10_000
 
 
@@ -297,23 +302,12 @@ def test_av_report_without_an_encoder_keeps_the_audio(av_run, tmp_path, monkeypa
 
 
 def test_av_report_videos_in_a_real_browser(av_run, tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from browser import chromium, probe
-
     from audioadv.experiments.video import encoder
     if encoder() is None:
         pytest.skip("no ffmpeg with H.264 or VP9 (install Debian's ffmpeg or pip install imageio-ffmpeg)")
-    binary = chromium()
-    if binary is None:
-        pytest.skip("Debian's chromium is not installed and could not be installed with apt-get")
-    assert main(["report", str(av_run)]) == 0
-    page = av_run / "report.html"
-    shot = tmp_path / "report.png"
-    result = probe(page, shot, binary)
+    result = _report_in_browser(av_run, tmp_path)
     assert len(result["video"]) == 3                                 # clean, adversarial, perturbation alone
     assert all(v["duration"] > 0 and v["width"] > 0 for v in result["video"]), result["video"]
-    assert result["images"] and all(w > 0 for w in result["images"]), result["images"]
-    assert all(u.startswith("file:") for u in result["resources"] + result["sources"]), result
     clips = {p: p.stat().st_mtime_ns for p in (av_run / "report").rglob(f"*.{encoder()[1]}")}
     assert len(clips) == 3
     assert main(["report", str(av_run)]) == 0
