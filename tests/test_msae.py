@@ -87,15 +87,19 @@ def test_dense_and_topk_and_l0_baselines():
     net = _net()
     x = net.example_inputs(2)
     target = (net(x).argmax(1) + 1) % 4
-    dense, rec = msae(net, x, target, sparsity=1.0, warmup=4, finetune=4)
+    dense, rec = msae(net, x, target, sparsity=1.0, warmup=4, rounds=0, finetune=4)
     assert rec[0]["sparsity"] == {"audio": 1.0, "video": 1.0} and rec[0]["iterations"] == 8
+    # the dense baseline gets the same step budget as MSAE (warmup + rounds + finetune)
+    _, rec = msae(net, x, target, sparsity=1.0, **FAST)
+    _, rec_s = msae(net, x, target, sparsity=0.3, **FAST)
+    assert rec[0]["iterations"] == rec_s[0]["iterations"] == 12
     top = topk_of(x, dense, {"audio": 0.1, "video": 0.1})
     assert ((top["audio"] != x["audio"]).sum(1) <= 160).all()
     # kept entries are the dense ones
     keep = top["audio"] != x["audio"]
     assert torch.equal(top["audio"][keep], dense["audio"][keep])
     hooks = {"audio": HardThreshold(0.9, ramp=0.0), "video": HardThreshold(0.9, ramp=0.0)}
-    l0, _ = msae(net, x, target, sparsity=1.0, warmup=4, finetune=4, project=hooks)
+    l0, _ = msae(net, x, target, sparsity=1.0, warmup=4, rounds=0, finetune=4, project=hooks)
     assert ((l0["audio"] != x["audio"]).sum(1) <= 160).all()
 
 

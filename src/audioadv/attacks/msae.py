@@ -43,9 +43,15 @@ Schedule: `warmup` steps of (M8) with m = 1 (dense; the mask gradient g = c grad
 is zero while delta is), `rounds` ADMM iterations (M3)-(M8), then m is binarised by keeping its
 k largest entries (exactly k ones; ties broken by position), delta is replaced by m * delta (the
 perturbation the model saw at the kept positions) and fine-tuned with m fixed for `finetune`
-steps. Successes are recorded in the fine-tuning phase only (binary mask); the least distorted one is returned, else the last iterate. The weight c of
-every example that was not adversarial in the last `adapt_every` steps is raised by `c_up`
-(ours, in place of CW's binary search over c), in the warm-up and fine-tuning phases.
+steps. Successes are recorded in the fine-tuning phase only (binary mask); the least distorted
+one is returned, else the last iterate. c: in the warm-up, the weight of every example that was
+not adversarial in the last `adapt_every` steps is multiplied by `c_up`; in the fine-tuning phase
+c follows CW's search over c, per example and online (ours; CW restarts the optimisation for
+every c): every `adapt_every` steps an example that was adversarial in the window sets the upper
+bound to its c, one that was not sets the lower bound, and c becomes the midpoint of the bounds,
+or c / c_up (c * c_up) while no lower (upper) bound is known. The dense baseline (every sparsity
+1) runs the same warmup + rounds + finetune steps; its mask is final from the start, so its
+fine-tuning phase begins after the warm-up.
 
 Structured masks (`structure=`): "sample" / "pixel" / "element" (every entry is a position),
 or "frame": audio frames of `audio_frame` samples, or whole video frames (temporal masks).
@@ -268,8 +274,10 @@ def msae(model, inputs, targets, *, base: str | dict | None = None, sparsity: fl
     sparsity: fraction s of each modality's positions that may change (1 = dense baseline, no
     mask); the mask has exactly floor(s n) ones. structure: per modality "sample"/"pixel"/"element"
     (default) or "frame" (audio frames of `audio_frame` samples, whole video frames).
-    warmup / rounds / finetune: steps of the three phases. c, c_up, adapt_every, kappa: weight of
-    the attack loss, its increase for examples not yet adversarial, and the CW confidence.
+    warmup / rounds / finetune: steps of the three phases (the dense baseline runs as many: after
+    its warm-up, rounds + finetune steps with the all-ones mask). c, c_up, adapt_every, kappa:
+    initial weight of the attack loss, its factor of change (warm-up: raised for examples not yet
+    adversarial; fine-tuning: CW's search over c, online), how often c adapts, the CW confidence.
     lr: Adam step per modality (default: the base attack's). mask_lr (eta), rho, rho_growth, rho_max:
     ADMM (M5), (M7). ranges: value range per modality for keys other than audio / video.
     project: per-modality hook `h(delta (B, N), step=, total=, lengths=None)` applied after every
@@ -342,7 +350,10 @@ def msae(model, inputs, targets, *, base: str | dict | None = None, sparsity: fl
     cw = torch.full((b,), float(c), device=dev)
     alpha = params.get("audio", {}).get("alpha", 0.0)
     any_sparse = not all(dense.values())
-    total = warmup + (rounds if any_sparse else 0) + finetune
+    total = warmup + rounds + finetune
+    fine_start = warmup + rounds if any_sparse else warmup   # from here on the mask is final
+    c_lo = torch.zeros(b, device=dev)
+    c_hi = torch.full((b,), math.inf, device=dev)
     best_cost = torch.full((b,), math.inf, device=dev)
     best = {m.key: torch.zeros_like(m.x) for m in mods}
     success = torch.zeros(b, dtype=torch.bool, device=dev)
@@ -366,7 +377,7 @@ def msae(model, inputs, targets, *, base: str | dict | None = None, sparsity: fl
     with _ctc.frozen_weights(model):
         for step in range(total):
             admm = any_sparse and warmup <= step < warmup + rounds
-            if step == warmup + (rounds if any_sparse else 0) and not binary:
+            if step == fine_start and not binary:
                 finalise_masks()
                 binary = True
                 ok_window.zero_()  # c now adapts to the binary mask's successes
@@ -427,7 +438,12 @@ def msae(model, inputs, targets, *, base: str | dict | None = None, sparsity: fl
                         if not dense[m.key]:
                             _admm_step(m, next(gi), mask_lr, rho_growth, rho_max)
             if (step + 1) % adapt_every == 0:
-                if not admm:  # the relaxed mask's failures say nothing about the binary one's
+                if binary:  # CW's search on c, per example and online: bisect between failing and succeeding c
+                    c_hi = torch.where(ok_window, torch.minimum(c_hi, cw), c_hi)
+                    c_lo = torch.where(ok_window, c_lo, torch.maximum(c_lo, cw))
+                    cw = torch.where(torch.isfinite(c_hi), (c_lo + c_hi) / 2, cw * c_up)
+                    cw = torch.where(ok_window & (c_lo == 0), c_hi / c_up, cw)
+                elif not admm:  # warm-up; the relaxed mask's failures say nothing about the binary one's
                     cw[~ok_window] *= c_up
                 ok_window.zero_()
     if not binary:
