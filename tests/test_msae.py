@@ -103,6 +103,25 @@ def test_dense_and_topk_and_l0_baselines():
     assert ((l0["audio"] != x["audio"]).sum(1) <= 160).all()
 
 
+def test_naive_alternatives_in_the_uniform_call():
+    from audioadv.attacks import l0_proximal, topk_dense
+    net = _net()
+    x = net.example_inputs(2)
+    target = (net(x).argmax(1) + 1) % 4
+    dense, _ = msae(net, x, target, sparsity=1.0, **FAST)
+    top, rec = topk_dense(net, x, target, sparsity=0.1, **FAST)
+    expected = topk_of(x, dense, {"audio": 0.1, "video": 0.1})
+    assert all(torch.equal(top[k], expected[k]) for k in x)
+    assert [r["success"] for r in rec] == (net(top).argmax(1) == target).tolist()
+    l0, rec = l0_proximal(net, x, target, sparsity=0.1, **FAST)
+    n_audio, n_video = x["audio"][0].numel(), x["video"][0].numel()
+    assert ((l0["audio"] != x["audio"]).sum(1) <= 0.1 * n_audio).all()
+    assert ((l0["video"] != x["video"]).flatten(1).sum(1) <= 0.1 * n_video).all()
+    assert rec[0]["sparsity"] == {"audio": 0.1, "video": 0.1}
+    with pytest.raises(ValueError, match="no structure"):
+        l0_proximal(net, x, target, sparsity=0.1, structure={"video": "frame"}, **FAST)
+
+
 def test_tensor_input_and_errors():
     torch.manual_seed(0)
     clf = models.create("logmel-cnn", num_classes=3, input_length=1600).eval()

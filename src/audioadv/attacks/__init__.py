@@ -26,5 +26,6 @@ __all__ += ["cw_ctc", "imperceptible", "ipc", "sparse", "HardThreshold", "hard_t
 
 # Masked sparse attacks on audio-visual inputs (one binary mask per modality): returns (adv_inputs, records).
 from .msae import msae  # noqa: E402
+from .msae_baselines import l0_proximal, topk_dense  # noqa: E402
 
-__all__ += ["msae"]
+__all__ += ["msae", "topk_dense", "l0_proximal"]

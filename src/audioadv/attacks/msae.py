@@ -568,28 +568,20 @@ def evaluate(model, inputs, targets, *, sparsities: Sequence[float] = (0.1, 0.3,
     `kwargs` go to `msae`). Returns one row per (method, sparsity): success rate, mean realised
     sparsity per modality, and over the successful examples the mean audio SNR (dB), video PSNR
     (dB), fraction of video frames touched and l2 per modality."""
-    from .sparse import HardThreshold
-    warm = kwargs.pop("warmup", _default(msae, "warmup"))
-    rnd = kwargs.pop("rounds", _default(msae, "rounds"))
-    fine = kwargs.pop("finetune", _default(msae, "finetune"))
-    keys = [k for k in ("audio", "video") if (k == "audio" and torch.is_tensor(inputs)) or
-            (isinstance(inputs, dict) and k in inputs)]
-    common = dict(base=base, structure=structure, targeted=targeted, **kwargs)
+    from .msae_baselines import _modalities, l0_proximal
+    keys = _modalities(inputs, None)
+    common = dict(base=base, targeted=targeted, **kwargs)
     rows = []
-    dense, rec = msae(model, inputs, targets, sparsity={k: 1.0 for k in keys}, warmup=warm, rounds=0,
-                      finetune=rnd + fine, **common)
+    dense, rec = msae(model, inputs, targets, sparsity={k: 1.0 for k in keys}, structure=structure, **common)
     rows.append(summarise("dense", 1.0, rec))
     for s in sparsities:
         sp = {k: float(s) for k in keys}
-        _, rec = msae(model, inputs, targets, sparsity=sp, warmup=warm, rounds=rnd, finetune=fine, **common)
+        _, rec = msae(model, inputs, targets, sparsity=sp, structure=structure, **common)
         rows.append(summarise("msae", s, rec))
-        top = topk_of(inputs, dense, sp, structure=structure)
+        top = topk_of(inputs, dense, sp, structure=structure)      # topk_dense, without running dense again
         rows.append(summarise("topk-dense", s, _static_records(model, inputs, top, targets, targeted, sp, structure)))
         if structure is None:  # the l0 step thresholds entries, not frames
-            hooks = {k: HardThreshold(1.0 - float(s)) for k in keys}  # its sparsity = fraction zeroed
-            _, rec = msae(model, inputs, targets, sparsity={k: 1.0 for k in keys}, warmup=warm, rounds=0,
-                          finetune=rnd + fine, project=hooks, **common)
-            rows.append(summarise("l0-prox", s, rec))
+            rows.append(summarise("l0-prox", s, l0_proximal(model, inputs, targets, sparsity=sp, **common)[1]))
     return rows
 
 

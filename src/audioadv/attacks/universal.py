@@ -606,6 +606,9 @@ def penalty_search(model, data, *, c: float | None = 3.0, c_factor: float = 3.0,
                 run_file.unlink(missing_ok=True)
 
 
+penalty_search.forwards_to = penalty      # experiment files may set penalty()'s parameters
+
+
 def craft(method: str, model, data, **kwargs):
     """Dispatch by name: ``craft("penalty" | "iterative", model, data, **kwargs)``; "penalty" is
     :func:`penalty_search` (``max_escalations=0`` keeps c fixed)."""

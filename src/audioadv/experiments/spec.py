@@ -60,7 +60,7 @@ def _train_keys() -> dict:
 
 
 TRAIN_KEYS = _train_keys()
-CLASSIFIER_ATTACKS = ("fgsm", "pgd", "pgd_linf", "pgd_l2", "ddn", "deepfool", "cw_l2", "msae")
+CLASSIFIER_ATTACKS = ("fgsm", "pgd", "pgd_linf", "pgd_l2", "ddn", "deepfool", "cw_l2", "msae", "topk_dense", "l0_proximal")
 from ..peers import LIBRARIES  # noqa: E402
 ASR_ATTACKS = {"cw": "cw_ctc", "cw_ctc": "cw_ctc", "ipc": "ipc", "imperceptible": "imperceptible"}
 
@@ -192,10 +192,8 @@ def library_functions(kind: str, job: dict) -> dict:
     from .. import attacks, peers
     if kind in ("attack", "universal"):
         fn = peers.get(job["library"], job["attack" if kind == "attack" else "method"])
-        if kind == "universal" and job["method"] == "penalty_search":   # forwards the rest to penalty()
-            from ..attacks import universal
-            return {"penalty": universal.penalty, "fn": fn}
-        return {"fn": fn}
+        inner = getattr(fn, "forwards_to", None)     # a wrapper passing its other keyword arguments on
+        return {"inner": inner, "fn": fn} if inner else {"fn": fn}
     if kind == "asr-attack":
         return {"attack": getattr(attacks, ASR_ATTACKS[job["attack"]])}
     if kind == "certify":
