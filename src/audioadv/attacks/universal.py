@@ -509,7 +509,8 @@ def penalty(model, data, *, targeted: int | None = None, c: float | None = None,
             order, st["pos"] = torch.randperm(n, generator=g), 0
         idx = order[st["pos"]:st["pos"] + S]
         st["pos"] += S
-        logits = model(with_audio(take(inputs, idx), from_tanh_space(xp[idx], vp), key))
+        adv = from_tanh_space(xp[idx], vp)
+        logits = model(with_audio(take(inputs, idx), adv, key) if isinstance(inputs, dict) else adv)  # no row copy to drop
         opt.zero_grad()
         loss, s, G = penalty_loss(logits, goal[idx], vp, targeted=t is not None, c=c, kappa=kappa)
         loss.backward()
