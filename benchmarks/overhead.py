@@ -172,7 +172,7 @@ def classifier_rows(args, repeats: int) -> list[dict]:
 
 def av_rows(args, repeats: int) -> list[dict]:
     name = "msae"
-    if args.only and name not in args.only:
+    if args.only and name not in args.only and args.profile != name:
         return []
     torch.manual_seed(0)
     model = frozen(models.create("av-commands", num_classes=10, input_length=args.length))
@@ -184,6 +184,8 @@ def av_rows(args, repeats: int) -> list[dict]:
     fn = lambda: attacks.msae(model, x, target, warmup=warmup, rounds=rounds, finetune=n - warmup - rounds)
     if args.profile == name:
         profile(fn, name)
+    if args.only and name not in args.only:
+        return []
     best = fastest({"ref": ref_grad(model, x, n), "attack": fn}, repeats)
     return [_row(name, "attack", f"av-commands B={args.batch} T={args.length} {warmup}+{rounds}+{n - warmup - rounds} "
                  "steps", n, best, "attack", "fwd+bwd")]
