@@ -188,9 +188,11 @@ def perturbation_psd(delta: torch.Tensor, psd_max_db: torch.Tensor, n_fft: int =
     10^((96 - max p_x + p_delta) / 10). Differentiable in delta."""
     d = delta.unsqueeze(0) if delta.dim() == 1 else delta
     spec = torch.stft(d, n_fft, hop_length=hop_length, window=_window(n_fft, d.dtype, d.device), center=False,
-                      return_complex=True) / n_fft
-    # re^2 + im^2 as one op on the (..., 2) view: the same numbers, without the backward of two complex selects
-    power = torch.view_as_real(spec).pow(2).sum(-1)
+                      return_complex=True)
+    if n_fft & (n_fft - 1) == 0:    # |s / N|^2 = |s|^2 / N^2 exactly for N a power of two: no complex division
+        power = _SquaredMagnitude.apply(spec) / n_fft ** 2
+    else:
+        power = _SquaredMagnitude.apply(spec / n_fft)
     scale = 10.0 ** ((96.0 - torch.as_tensor(psd_max_db, dtype=d.dtype, device=d.device).reshape(-1)) / 10.0)
     return power * scale[:, None, None]
 
@@ -224,6 +226,21 @@ class _LeadingSums(torch.autograd.Function):
     def backward(ctx, g):
         keep = torch.arange(ctx.shape[-1], device=g.device) < torch.tensor(ctx.frames, device=g.device)[:, None]
         return (g[:, None] * keep).unsqueeze(1).expand(ctx.shape), None
+
+
+class _SquaredMagnitude(torch.autograd.Function):
+    """re^2 + im^2 of a complex tensor, with the gradient autograd gives that expression (2 re g, 2 im g) built in
+    one pass rather than from two complex selects."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return z.real ** 2 + z.imag ** 2
+
+    @staticmethod
+    def backward(ctx, g):
+        z, = ctx.saved_tensors
+        return torch.view_as_complex(2.0 * torch.view_as_real(z) * g[..., None])
 
 
 @functools.lru_cache(maxsize=8)
