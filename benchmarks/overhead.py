@@ -19,7 +19,12 @@ adversarial, runs against `Unfoolable(model)`: a large constant added to the log
 gradients DeepFool takes are the model's own (a constant has no gradient). A constant that large would
 zero the cross-entropy gradients of pgd and ddn (a saturated softmax), so they see the bare model. The CTC attacks target a
 transcript an untrained recogniser never outputs and use no `stop_after` / `patience`, so they run
-`max_iter` steps (imperceptible: both stages). Units per iteration: one forward+backward, except
+`max_iter` steps (imperceptible: both stages). msae runs against the audio-visual classifier
+(`av-commands`, its `example_inputs`, untrained), targeted at another class, its three phases
+(warm-up, ADMM rounds, fine-tuning: N/4, N/2 and the rest of N steps) against N forward+backward
+passes of the model on the same dict batch (gradient with respect to audio and video): every step,
+an ADMM round's included, costs one forward and one backward pass of the model (the mask's gradient
+is taken from the same pass). Units per iteration: one forward+backward, except
 DeepFool (one forward and `candidates - 1` backward passes: the Jacobian rows of its linearisation,
 Alg. 2), the universal iterative method (its inner DDN steps, 50 as in the paper: the method's own
 forward passes per pass are spread over them) and certification (one forward).
@@ -107,14 +112,17 @@ def unwrap(out):
 
 
 # ------------------------------------------------------------------------------------- references
-def ref_grad(fwd, x: torch.Tensor, iters: int, backwards: int = 1):
-    """`iters` times: forward, then `backwards` input-gradient passes (retaining the graph between them)."""
+def ref_grad(fwd, x, iters: int, backwards: int = 1):
+    """`iters` times: forward, then `backwards` input-gradient passes (retaining the graph between them).
+    x: a tensor, or a dict of tensors (the gradient with respect to every entry)."""
     def run():
         for _ in range(iters):
-            xi = x.detach().requires_grad_(True)
+            xi = ({k: v.detach().requires_grad_(True) for k, v in x.items()} if isinstance(x, dict)
+                  else x.detach().requires_grad_(True))
             out = fwd(xi)
             for b in range(backwards):
-                torch.autograd.grad(out.sum(), xi, retain_graph=b < backwards - 1)
+                torch.autograd.grad(out.sum(), list(xi.values()) if isinstance(xi, dict) else xi,
+                                    retain_graph=b < backwards - 1)
     return run
 
 
@@ -160,6 +168,27 @@ def classifier_rows(args, repeats: int) -> list[dict]:
         rows.append(_row(name, "attack", f"{args.classifier} B={args.batch} T={args.length}", iters,
                          best, "attack", "fwd+%d bwd" % backwards if backwards > 1 else "fwd+bwd"))
     return rows
+
+
+def av_rows(args, repeats: int) -> list[dict]:
+    name = "msae"
+    if args.only and name not in args.only and args.profile != name:
+        return []
+    torch.manual_seed(0)
+    model = frozen(models.create("av-commands", num_classes=10, input_length=args.length))
+    x = model.example_inputs(args.batch, seed=0)        # {"audio": (B, T), "video": (B, F, H, W)}
+    with torch.no_grad():
+        target = (model(x).argmax(1) + 1) % 10
+    n = args.steps
+    warmup, rounds = n // 4, n // 2                     # the three phases, n steps in all
+    fn = lambda: attacks.msae(model, x, target, warmup=warmup, rounds=rounds, finetune=n - warmup - rounds)
+    if args.profile == name:
+        profile(fn, name)
+    if args.only and name not in args.only:
+        return []
+    best = fastest({"ref": ref_grad(model, x, n), "attack": fn}, repeats)
+    return [_row(name, "attack", f"av-commands B={args.batch} T={args.length} {warmup}+{rounds}+{n - warmup - rounds} "
+                 "steps", n, best, "attack", "fwd+bwd")]
 
 
 def recognizer(args) -> CTCRecognizer:
@@ -320,7 +349,8 @@ def main(argv=None) -> int:
     clock = CLOCK[args.clock]
     torch.set_num_threads(args.threads)
 
-    rows = classifier_rows(args, repeats) + asr_rows(args, repeats) + certify_rows(args, repeats)
+    rows = (classifier_rows(args, repeats) + av_rows(args, repeats) + asr_rows(args, repeats)
+            + certify_rows(args, repeats))
     settings = {"quick": q, "clock": args.clock, "threads": args.threads, "repeats": repeats,
                 "classifier": args.classifier}
     for r in rows:

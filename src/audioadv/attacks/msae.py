@@ -391,12 +391,16 @@ def msae(model, inputs, targets, *, base: str | dict | None = None, sparsity: fl
                 masks[m.key] = mm
             adv = dict(feed)
             dist = torch.zeros(b, device=dev)
-            pert = {}
+            pert, seen = {}, []
             for m in mods:
                 d = m.expand(masks[m.key]) * deltas[m.key]
                 xa = (m.x + d).clamp(m.lo, m.hi)
                 pert[m.key] = xa - m.x
                 adv[m.key] = xa
+                if masks[m.key].requires_grad and mask_gradient == "attack":
+                    # the model reads its own view of xa: the gradient there is the attack term's alone
+                    adv[m.key] = xa.view_as(xa)
+                    seen.append(adv[m.key])
                 if obj.ctc and m.key == "audio" and bases["audio"] == "imperceptible":
                     dist = dist + obj.distortion(m, pert[m.key], idx, alpha)
                 else:
@@ -418,9 +422,13 @@ def msae(model, inputs, targets, *, base: str | dict | None = None, sparsity: fl
             total_loss = (cw * loss_adv + dist).sum()
             grads_m = [masks[m.key] for m in mods if masks[m.key].requires_grad]
             opt.zero_grad()
-            gm = torch.autograd.grad(total_loss, [deltas[m.key] for m in mods] + grads_m, retain_graph=bool(grads_m))
+            gm = torch.autograd.grad(total_loss, [deltas[m.key] for m in mods] + grads_m + seen)
             if grads_m and mask_gradient == "attack":
-                gm = list(gm[:len(mods)]) + list(torch.autograd.grad((cw * loss_adv).sum(), grads_m))
+                # g of (M5), the attack term's gradient in m: its gradient at the model's input, taken back to m
+                # through x + m * delta alone, rebuilt (no second pass through the model, no retained graph)
+                again = [(m.x + m.expand(masks[m.key]) * deltas[m.key]).clamp(m.lo, m.hi)
+                         for m in mods if masks[m.key].requires_grad]
+                gm = list(gm[:len(mods)]) + list(torch.autograd.grad(again, grads_m, gm[len(mods) + len(grads_m):]))
             for m, g in zip(mods, gm[:len(mods)]):
                 deltas[m.key].grad = g
             opt.step()
