@@ -14,7 +14,7 @@
    `--sparsities` fraction of positions per modality; every run the same number of steps).
    `--structure frame` uses per-frame masks (audio frames of 10 ms, whole video frames).
 
-Usage: PYTHONPATH=src python benchmarks/msae_eval.py --out runs/msae --epochs 10 --n 20
+Usage: PYTHONPATH=src python benchmarks/msae_eval.py --out runs/msae-eval --epochs 10 --n 20
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def fmt(v) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/msae")
+    p.add_argument("--out", default="runs/msae-eval")
     p.add_argument("--data", default="synth-av-commands")
     p.add_argument("--train", action="store_true")
     p.add_argument("--epochs", type=int, default=10)
