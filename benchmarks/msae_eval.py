@@ -9,7 +9,7 @@
    `synth-av-phrases` (`fit_av_recognizer`, that many epochs) and prints test CER, clean and at
    0 dB SNR.
 2. Attacks the fused model on the first `--n` correctly classified test clips, targeted, each
-   target drawn uniformly among the other classes with `--seed`: `attacks.msae.evaluate` rows
+   target drawn uniformly among the other classes with `--seed`: `attacks.msae_baselines.evaluate` rows
    (dense baseline; MSAE, top-k of the dense perturbation and l0 proximal thresholding at each
    `--sparsities` fraction of positions per modality; every run the same number of steps).
    `--structure frame` uses per-frame masks (audio frames of 10 ms, whole video frames).
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from audioadv import models
-from audioadv.attacks.msae import evaluate
+from audioadv.attacks.msae_baselines import evaluate
 from audioadv.data import load_dataset
 from audioadv.models.av import accuracy, fit_av
 from audioadv.train import TrainConfig

@@ -6,7 +6,8 @@ import torch
 
 from audioadv import models
 from audioadv.attacks.msae import run_base
-from audioadv.attacks.msae import box_projection, msae, sphere_projection, topk_of
+from audioadv.attacks.msae import box_projection, msae, sphere_projection
+from audioadv.attacks.msae_baselines import topk_of
 
 FAST = dict(warmup=3, rounds=6, finetune=3)
 
