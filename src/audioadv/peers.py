@@ -92,11 +92,13 @@ def foolbox_cw_l2(model, inputs, labels, **kw):
 
 # ART -------------------------------------------------------------------------------------------------------------
 def art_classifier(model, length: int, num_classes: int):
-    """ART's PyTorchClassifier around an audioadv classifier ((B, T) waveforms in [-1, 1] -> logits)."""
+    """ART's PyTorchClassifier around an audioadv classifier ((B, T) waveforms in [-1, 1] -> logits), on the
+    model's device (ART moves the model to the device it is given)."""
     _need("art")
     from art.estimators.classification import PyTorchClassifier
+    on_gpu = next(model.parameters()).is_cuda
     return PyTorchClassifier(model=model.eval(), loss=torch.nn.CrossEntropyLoss(), input_shape=(length,),
-                             nb_classes=num_classes, clip_values=(-1.0, 1.0), device_type="cpu")
+                             nb_classes=num_classes, clip_values=(-1.0, 1.0), device_type="gpu" if on_gpu else "cpu")
 
 
 def _num_classes(model, x) -> int:
@@ -123,8 +125,8 @@ def art_pgd(model, inputs, labels, **kw):
     p = np.inf if str(norm).lower() in ("linf", "inf") else 2
     atk = ProjectedGradientDescent(clf, norm=p, eps=eps, eps_step=step, max_iter=steps, targeted=targeted,
                                    num_random_init=1 if random_start else 0, batch_size=len(x), verbose=False)
-    y = np.eye(clf.nb_classes, dtype=np.float32)[labels.numpy()]
-    return torch.from_numpy(atk.generate(x.numpy(), y=y)).to(x.dtype)
+    y = np.eye(clf.nb_classes, dtype=np.float32)[labels.cpu().numpy()]
+    return torch.from_numpy(atk.generate(x.cpu().numpy(), y=y)).to(x.device, x.dtype)
 
 
 @_like(universal.iterative, keep=("targeted", "p", "xi", "delta", "max_passes", "attack", "seed", "progress"))
