@@ -162,6 +162,13 @@ def _make_mod(key, x, unit, frame, lengths, rng):
     return _Mod(key, x, unit, frame, lo, hi, valid)
 
 
+def attacked_modalities(inputs, sparsity) -> list[str]:
+    """The keys of `sparsity` when it is a dict, else every "audio" / "video" entry (a tensor is the audio)."""
+    if isinstance(sparsity, dict):
+        return list(sparsity)
+    return ["audio"] if torch.is_tensor(inputs) else [k for k in ("audio", "video") if k in inputs]
+
+
 def _per_modality(value, keys, name, default=None):
     if isinstance(value, dict):
         unknown = sorted(set(value) - set(keys))
@@ -292,7 +299,7 @@ def msae(model, inputs, targets, *, base: str | dict | None = None, sparsity: fl
     feed = {"audio": inputs} if tensor_in else dict(inputs)
     if not isinstance(feed, dict):
         raise TypeError(f"msae: inputs must be a tensor or a dict of tensors, not {type(inputs).__name__}")
-    keys = list(sparsity) if isinstance(sparsity, dict) else [k for k in ("audio", "video") if k in feed]
+    keys = attacked_modalities(feed, sparsity)
     if not keys:
         raise ValueError(f"msae: nothing to attack: inputs have keys {sorted(feed)}, sparsity {sparsity!r}")
     for k in keys:

@@ -19,14 +19,9 @@ from typing import Sequence
 import torch
 
 from ._util import is_adversarial
-from .msae import PER_ENTRY, RANGES, UNITS, _Mod, _make_mod, _per_modality, _positions, _records, msae
+from .msae import (PER_ENTRY, RANGES, UNITS, _Mod, _make_mod, _per_modality, _positions, _records,
+                   attacked_modalities, msae)
 from .sparse import HardThreshold, hard_threshold
-
-
-def _modalities(inputs, sparsity) -> list[str]:
-    if isinstance(sparsity, dict):
-        return list(sparsity)
-    return ["audio"] if torch.is_tensor(inputs) else [k for k in ("audio", "video") if k in inputs]
 
 
 def topk_dense(model, inputs, targets, *, sparsity: float | dict = 0.3, targeted: bool = True,
@@ -34,7 +29,7 @@ def topk_dense(model, inputs, targets, *, sparsity: float | dict = 0.3, targeted
     """Top-k of a dense perturbation: `msae` with sparsity 1 (same steps), then `topk_of` at `sparsity`
     (per sample/pixel, or per frame with `structure`). Returns (adv_inputs, records) as `msae` does; the
     records describe the thresholded input (success is re-checked on the model)."""
-    keys = _modalities(inputs, sparsity)
+    keys = attacked_modalities(inputs, sparsity)
     dense, _ = msae(model, inputs, targets, sparsity={k: 1.0 for k in keys}, targeted=targeted,
                     structure=structure, **kwargs)
     sp = _per_modality(sparsity, keys, "sparsity")
@@ -48,7 +43,7 @@ def l0_proximal(model, inputs, targets, *, sparsity: float | dict = 0.3, targete
     per-frame form. Returns (adv_inputs, records); a record's `sparsity` is the fraction that may change."""
     if kwargs.get("structure"):
         raise ValueError("l0_proximal thresholds single samples and pixels; it takes no structure")
-    keys = _modalities(inputs, sparsity)
+    keys = attacked_modalities(inputs, sparsity)
     sp = _per_modality(sparsity, keys, "sparsity")
     hooks = {k: HardThreshold(1.0 - float(sp[k])) for k in keys}
     adv, records = msae(model, inputs, targets, sparsity={k: 1.0 for k in keys}, targeted=targeted,
@@ -65,7 +60,7 @@ def topk_of(inputs, adv, sparsity: float | dict, *, structure: dict | None = Non
     tensor_in = torch.is_tensor(inputs)
     clean = {"audio": inputs} if tensor_in else dict(inputs)
     a = {"audio": adv} if tensor_in else dict(adv)
-    keys = list(sparsity) if isinstance(sparsity, dict) else [k for k in ("audio", "video") if k in clean]
+    keys = attacked_modalities(clean, sparsity)
     spars = _per_modality(sparsity, keys, "sparsity")
     units = _per_modality(structure, keys, "structure")
     out = dict(a)
@@ -98,7 +93,7 @@ def evaluate(model, inputs, targets, *, sparsities: Sequence[float] = (0.1, 0.3,
     `kwargs` go to `msae`). Returns one row per (method, sparsity): success rate, mean realised
     sparsity per modality, and over the successful examples the mean audio SNR (dB), video PSNR
     (dB), fraction of video frames touched and l2 per modality."""
-    keys = _modalities(inputs, None)
+    keys = attacked_modalities(inputs, None)
     common = dict(base=base, targeted=targeted, **kwargs)
     rows = []
     dense, rec = msae(model, inputs, targets, sparsity={k: 1.0 for k in keys}, structure=structure, **common)
