@@ -67,3 +67,23 @@ def test_masking_loss_zero_when_masked_positive_when_loud():
     d = loud.clone().requires_grad_(True)
     masking_loss(d, theta, pmax).sum().backward()
     assert d.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("n_fft,hop,length", [(16, 4, 50), (15, 5, 47), (16, 5, 53)])
+def test_perturbation_psd_gradient_matches_autograd_through_stft(n_fft, hop, length):
+    # the hand-written backward against autograd's through torch.stft, including an odd window and a hop that
+    # does not divide it (the generic overlap-add)
+    from audioadv.signal.masking import _window
+    torch.manual_seed(0)
+    d = torch.randn(2, length, dtype=torch.float64, requires_grad=True)
+    pmax = torch.tensor([80.0, 60.0], dtype=torch.float64)
+    g = torch.randn(2, n_fft // 2 + 1, (length - n_fft) // hop + 1, dtype=torch.float64)
+    ours = perturbation_psd(d, pmax, n_fft, hop)
+    grad, = torch.autograd.grad((ours * g).sum(), d)
+    spec = torch.stft(d, n_fft, hop_length=hop, window=_window(n_fft, d.dtype, d.device), center=False,
+                      return_complex=True)
+    ref = spec.abs() ** 2 / n_fft ** 2 * (10.0 ** ((96.0 - pmax) / 10.0))[:, None, None]
+    ref_grad, = torch.autograd.grad((ref * g).sum(), d)
+    assert torch.allclose(ours, ref) and torch.allclose(grad, ref_grad)
+    with pytest.raises(ValueError, match="shorter than one window"):
+        perturbation_psd(torch.zeros(1, n_fft - 1), pmax[:1], n_fft, hop)

@@ -227,8 +227,10 @@ class _Loop:
         lens = self.lengths[rows]
         # PAD_MARGIN samples of zero padding past the longest row, even past the end of x: a
         # centred STFT's last frames read past the end of the utterance, and must read zeros
-        # whatever else is in the batch (the padding never changes a valid frame)
-        width = int(lens.max()) + PAD_MARGIN
+        # whatever else is in the batch (the padding never changes a valid frame). A model that
+        # zero-pads every utterance past its own length itself needs none (10% of the model's work
+        # on 1 s utterances).
+        width = int(lens.max()) + (0 if getattr(self.model, "pads_utterances", False) else PAD_MARGIN)
         xa = torch.zeros(len(rows), width, dtype=x.dtype, device=dev)
         xa[:, :min(width, x.shape[1])] = x[rows, :width]
         mask = (torch.arange(width, device=dev)[None, :] < lens[:, None]).to(x.dtype)

@@ -206,6 +206,9 @@ class CTCRecognizer(nn.Module):
     the frame log-probabilities (B, F, C) and frame lengths; `frame_logits` is the same.
     """
 
+    # forward zero-pads every utterance past its own length (attacks then add no padding of their own)
+    pads_utterances = True
+
     def __init__(self, n_mels: int = 40, channels: int = 192, hidden: int = 160, layers: int = 2,
                  alphabet: str = ALPHABET, sample_rate: int = 16000, dropout: float = 0.1,
                  feature_norm: str = "utterance"):
