@@ -324,8 +324,10 @@ def sweep_rows(args, repeats: int) -> list[dict]:
 TABLE = {"title": "Overhead over the bare model's own cost (method time per iteration / model time per iteration)",
          "kind": "benchmark", "where": {"measure": "overhead"}, "rows": ["family", "method", "setup"],
          "values": ["overhead"],
-         "note": "Attacks: against the model's forward + backward per iteration; certification: against its forward "
-                 "per noisy copy. Goal: at most 1.15 for attacks, 1.10 for certification."}
+         "note": "Attacks: against the model's forward + backward per iteration (DeepFool: its backward pass per "
+                 "candidate class; universal penalty: also the two forward passes over the crafting set it needs, "
+                 "the clean predictions and the final success rate); certification: against its forward per noisy "
+                 "copy. Goal: at most 1.15 for attacks, 1.10 for certification."}
 SWEEP_TABLE = {"title": "Throughput (examples per second) by batch size", "kind": "benchmark",
                "where": {"measure": "throughput"}, "rows": ["method", "length", "steps"], "columns": ["batch"],
                "values": ["examples_per_s"]}
