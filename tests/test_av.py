@@ -115,3 +115,27 @@ def test_av_phrases_and_recogniser_training(cache):
     assert len(out["history"]) == 2 and out["best_val_cer"] == min(h["val_cer"] for h in out["history"])
     assert cer_av(rec, va) == pytest.approx(out["best_val_cer"])
     assert cer_av(rec, va, snr_db=0.0) >= 0
+
+
+def test_train_asr_av_saves_a_recogniser_that_eval_asr_and_load_read(cache, tmp_path, capsys):
+    import json
+
+    from audioadv.cli import main
+    from audioadv.models.av import AVRecognizer, cer_av
+    spec = "synth-av-phrases?n=12"
+    out = tmp_path / "av-asr"
+    assert main(["train-asr", "--av", "--data", spec, "--epochs", "1", "--hidden", "16", "--channels", "16",
+                 "--n-mels", "16", "--out", str(out)]) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    model, cfg = models.load(out)
+    assert cfg["kind"] == "av-recognizer" and isinstance(model, AVRecognizer) and model.modalities == ("audio", "video")
+    test = load_dataset(spec, "test")
+    assert cer_av(model, test) == pytest.approx(summary["test_cer"])
+    assert cer_av(model, test, snr_db=0.0) == pytest.approx(summary["test_cer_0db"])
+    capsys.readouterr()
+    assert main(["eval-asr", str(out), "--data", spec, "--snr", "0", "--json", str(tmp_path / "e.json")]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())[spec]
+    assert res["cer"] == pytest.approx(summary["test_cer"]) and res["cer_0db"] == pytest.approx(summary["test_cer_0db"])
+    # options the audio-visual loop has no counterpart for are refused, naming them
+    assert main(["train-asr", "--av", "--data", spec, "--steps", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "--steps not available" in capsys.readouterr().err

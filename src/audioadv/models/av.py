@@ -282,13 +282,14 @@ def _lengths_of(ds) -> torch.Tensor:
 
 
 def fit_av_recognizer(model: AVRecognizer, train, val, *, epochs: int = 20, lr: float = 2e-3, batch_size: int = 16,
-                      seed: int = 0, snr_db=(-5.0, 30.0), noise_prob: float = 0.5, log=print) -> dict:
+                      seed: int = 0, snr_db=(-5.0, 30.0), noise_prob: float = 0.5, log=print, device="cpu") -> dict:
     """Train an `AVRecognizer` on `AVDataset`s with transcripts (`items[i]["text"]`), e.g.
     synth-av-phrases. `asr_train.train_recognizer` builds and feeds a waveform-only model, so this
     is a small loop of its own around the same pieces: `asr_train.one_cycle` learning rate,
     AdamW, CTC loss, gradient clipping at 5, feature statistics from training audio, best
     validation CER kept. Audio augmentation as `fit_av` (white noise at a random SNR on
-    `noise_prob` of the clips). Stops after `epochs`."""
+    `noise_prob` of the clips). Stops after `epochs`. device: where the model trains (noise is drawn on
+    the CPU generator, so a seed gives the same draws on any device)."""
     import torch.nn.functional as F
 
     from ..asr_train import one_cycle
@@ -298,6 +299,8 @@ def fit_av_recognizer(model: AVRecognizer, train, val, *, epochs: int = 20, lr: 
     torch.manual_seed(seed)
     lens = _lengths_of(train)
     model.audio.set_feature_stats(train.waves, lens)
+    dev = torch.device(device)
+    model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = max(1, epochs * math.ceil(len(train) / batch_size))
     step, best, best_cer, history = 0, None, math.inf, []
@@ -314,7 +317,8 @@ def fit_av_recognizer(model: AVRecognizer, train, val, *, epochs: int = 20, lr: 
             audio = torch.where(noisy[:, None], _noisy(audio, lens[idx], g, snr), audio)
             for group in opt.param_groups:
                 group["lr"] = one_cycle(step / steps, lr)
-            logp, frames = model.frame_logits({"audio": audio, "video": train.video[idx]}, lens[idx])
+            logp, frames = model.frame_logits({"audio": audio.to(dev), "video": train.video[idx].to(dev)},
+                                              lens[idx].to(dev))
             tg, tl = encode_targets(model, [train.items[j]["text"] for j in idx.tolist()])
             loss = F.ctc_loss(logp.transpose(0, 1), tg, frames, tl, blank=model.blank, zero_infinity=True)
             opt.zero_grad()
@@ -351,12 +355,42 @@ def cer_av(model: AVRecognizer, ds, *, snr_db: float | None = None, seed: int = 
         audio = ds.waves[idx, :n]
         if snr_db is not None:
             audio = _noisy(audio, lens[idx], g, snr_db)
-        logp, frames = model.frame_logits({"audio": audio, "video": ds.video[idx]}, lens[idx])
+        dev = next(model.parameters()).device
+        logp, frames = model.frame_logits({"audio": audio.to(dev), "video": ds.video[idx].to(dev)}, lens[idx].to(dev))
         hyps += [model.decode_labels(s) for s in greedy_decode(logp, frames, model.blank)]
     model.train(was)
     refs = [model.normalize_text(it["text"]) for it in ds.items]
     return cer(refs, hyps)
 
 
-__all__ = ["AVClassifier", "AVRecognizer", "VideoEncoder", "fit_av", "accuracy", "pack", "MODALITIES",
+def save_av_recognizer(model: AVRecognizer, folder, extra: dict | None = None):
+    """Write `model.safetensors` and `config.json` (kind "av-recognizer", the constructor's settings, `extra`)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"kind": "av-recognizer", **model.config, **(extra or {})}, indent=2))
+    return folder
+
+
+def load_av_recognizer(folder, *, frozen: bool = False) -> AVRecognizer:
+    """An `AVRecognizer` saved by `save_av_recognizer` (safetensors; never unpickles)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    folder = Path(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    if cfg.get("architecture") != "av-ctc":
+        raise ValueError(f"{folder / 'config.json'}: architecture {cfg.get('architecture')!r} is not 'av-ctc'")
+    asr = {k: v for k, v in cfg.get("asr", {}).items() if k != "architecture"}
+    model = AVRecognizer(**{k: cfg[k] for k in ("size", "fps", "video_dim", "fused", "modalities") if k in cfg}, **asr)
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return model.eval().requires_grad_(not frozen)
+
+
+__all__ = ["AVClassifier", "AVRecognizer", "save_av_recognizer", "load_av_recognizer", "VideoEncoder", "fit_av", "accuracy", "pack", "MODALITIES",
            "fit_av_recognizer", "cer_av"]

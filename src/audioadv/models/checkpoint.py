@@ -7,6 +7,7 @@ config.json's `kind` says what a folder holds; every save function writes it:
   caller adds (training arguments, metrics);
 - "speaker": the same for the speaker head on resemblyzer's encoder (`resemblyzer-speaker`);
 - "ctc-recognizer": the character CTC recogniser (`models.asr.save_recognizer`);
+- "av-recognizer": the audio-visual CTC recogniser (`models.av.save_av_recognizer`);
 - "hf-wav2vec2": a local Hugging Face `Wav2Vec2ForCTC` folder (`save_pretrained`), recognised by
   its own config.json (`architectures` / `model_type`), which has no `kind`.
 Folders written before `kind` existed are recognised by their keys (`arch`: classifier,
@@ -22,6 +23,7 @@ import torch
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 CLASSIFIER, SPEAKER, RECOGNIZER, HF_WAV2VEC2 = "classifier", "speaker", "ctc-recognizer", "hf-wav2vec2"
+AV_RECOGNIZER = "av-recognizer"
 
 
 def save_checkpoint(model, out_dir, config: dict | None = None) -> Path:
@@ -124,6 +126,11 @@ def _load_recognizer(folder: Path, frozen: bool):
     return load_recognizer(folder, frozen=frozen), json.loads((folder / CONFIG).read_text())
 
 
+def _load_av_recognizer(folder: Path, frozen: bool):
+    from .av import load_av_recognizer
+    return load_av_recognizer(folder, frozen=frozen), json.loads((folder / CONFIG).read_text())
+
+
 def _load_hf(folder: Path, frozen: bool):
     cfg = json.loads((folder / CONFIG).read_text())
     archs = cfg.get("architectures") or []
@@ -141,7 +148,7 @@ def _load_hf(folder: Path, frozen: bool):
 
 
 LOADERS = {CLASSIFIER: _load_classifier, SPEAKER: _load_classifier, RECOGNIZER: _load_recognizer,
-           HF_WAV2VEC2: _load_hf}
+           AV_RECOGNIZER: _load_av_recognizer, HF_WAV2VEC2: _load_hf}
 
 
 def load(path, *, frozen: bool = False):
