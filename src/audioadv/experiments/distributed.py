@@ -77,6 +77,9 @@ class _Worker:
         from . import spec as S
         from .store import Store, job_id
 
+        from ..allocator import keep_freed_memory
+
+        keep_freed_memory()
         torch.set_num_threads(threads)
         if Path(cwd).is_dir():
             os.chdir(cwd)             # relative data and checkpoint paths, as the driver saw them
