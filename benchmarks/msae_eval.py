@@ -5,9 +5,6 @@
    clips, white noise at -5..30 dB SNR): audio-only, video-only and fused, the same recipe
    (`--epochs`, seed 0), saved under `--out/{audio,video,audio+video}`. Prints test accuracy on
    unseen voices, clean and with white noise at 0 dB SNR added to the audio.
-   `--asr EPOCHS`: also trains audio-only, video-only and fused `AVRecognizer`s on
-   `synth-av-phrases` (`fit_av_recognizer`, that many epochs) and prints test CER, clean and at
-   0 dB SNR.
 2. Attacks the fused model on the first `--n` correctly classified test clips, targeted, each
    target drawn uniformly among the other classes with `--seed`: `attacks.msae_baselines.evaluate` rows
    (dense baseline; MSAE, top-k of the dense perturbation and l0 proximal thresholding at each
@@ -38,26 +35,13 @@ VARIANTS = {"audio": "audio", "audio+video": "audio,video", "video": "video"}
 
 def train(out: Path, spec: str, epochs: int) -> None:
     tr, va, te = (load_dataset(spec, s) for s in ("train", "val", "test"))
-    print(f"| model | epochs | test acc clean | test acc 0 dB SNR | train s |\n|---|---|---|---|---|")
+    print("| model | epochs | test acc clean | test acc 0 dB SNR | train s |\n|---|---|---|---|---|")
     for name, mods in VARIANTS.items():
         t0 = time.time()
         net = models.create("av-commands", num_classes=tr.num_classes, modalities=mods)
         fit_av(net, tr, va, TrainConfig(epochs=epochs, lr=3e-3), out_dir=out / name, seed=0, log=lambda s: None,
                config={"dataset": spec})
         print(f"| {name} | {epochs} | {accuracy(net, te):.3f} | {accuracy(net, te, snr_db=0.0):.3f} | "
-              f"{time.time() - t0:.0f} |", flush=True)
-
-
-def train_asr(out: Path, spec: str, epochs: int) -> None:
-    from audioadv.models.av import AVRecognizer, cer_av, fit_av_recognizer
-    tr, va, te = (load_dataset(spec, s) for s in ("train", "val", "test"))
-    print(f"| recogniser | epochs | test CER clean | test CER 0 dB SNR | train s |\n|---|---|---|---|---|")
-    for name, mods in VARIANTS.items():
-        t0 = time.time()
-        torch.manual_seed(0)
-        net = AVRecognizer(modalities=mods, channels=128, hidden=128)
-        fit_av_recognizer(net, tr, va, epochs=epochs, seed=0, log=lambda s: None)
-        print(f"| {name} | {epochs} | {cer_av(net, te):.3f} | {cer_av(net, te, snr_db=0.0):.3f} | "
               f"{time.time() - t0:.0f} |", flush=True)
 
 
@@ -71,8 +55,6 @@ def main(argv=None) -> None:
     p.add_argument("--data", default="synth-av-commands")
     p.add_argument("--train", action="store_true")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--asr", type=int, default=0, metavar="EPOCHS")
-    p.add_argument("--asr-data", default="synth-av-phrases")
     p.add_argument("--n", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sparsities", default="0.1,0.3,0.5")
@@ -85,8 +67,6 @@ def main(argv=None) -> None:
     out = Path(a.out)
     if a.train or not (out / "audio+video" / "model.safetensors").exists():
         train(out, a.data, a.epochs)
-    if a.asr:
-        train_asr(out, a.asr_data, a.asr)
     net, _ = models.load_checkpoint(out / "audio+video", frozen=True)
     te = load_dataset(a.data, "test")
     with torch.no_grad():

@@ -290,8 +290,6 @@ def fit_av_recognizer(model: AVRecognizer, train, val, *, epochs: int = 20, lr: 
     validation CER kept. Audio augmentation as `fit_av` (white noise at a random SNR on
     `noise_prob` of the clips). Stops after `epochs`. device: where the model trains (noise is drawn on
     the CPU generator, so a seed gives the same draws on any device)."""
-    import torch.nn.functional as F
-
     from ..asr_train import one_cycle
     from .asr import encode_targets
 
