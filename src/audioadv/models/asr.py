@@ -312,14 +312,8 @@ class CTCRecognizer(nn.Module):
 
 def save_recognizer(model: CTCRecognizer, folder: str | Path, extra: dict | None = None) -> Path:
     """Write `model.safetensors` and `config.json` (architecture, alphabet, sizes, extra info)."""
-    from safetensors.torch import save_file
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({"kind": "ctc-recognizer", **model.config, **(extra or {})},
-                                                   indent=2))
-    return folder
+    from .checkpoint import RECOGNIZER, write_checkpoint
+    return write_checkpoint(folder, model, {"kind": RECOGNIZER, **model.config, **(extra or {})})
 
 
 def load_recognizer(folder: str | Path, *, frozen: bool = False) -> CTCRecognizer:

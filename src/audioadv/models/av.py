@@ -363,15 +363,8 @@ def cer_av(model: AVRecognizer, ds, *, snr_db: float | None = None, seed: int = 
 
 def save_av_recognizer(model: AVRecognizer, folder, extra: dict | None = None):
     """Write `model.safetensors` and `config.json` (kind "av-recognizer", the constructor's settings, `extra`)."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({"kind": "av-recognizer", **model.config, **(extra or {})}, indent=2))
-    return folder
+    from .checkpoint import AV_RECOGNIZER, write_checkpoint
+    return write_checkpoint(folder, model, {"kind": AV_RECOGNIZER, **model.config, **(extra or {})})
 
 
 def load_av_recognizer(folder, *, frozen: bool = False) -> AVRecognizer:

@@ -26,24 +26,30 @@ CLASSIFIER, SPEAKER, RECOGNIZER, HF_WAV2VEC2 = "classifier", "speaker", "ctc-rec
 AV_RECOGNIZER = "av-recognizer"
 
 
-def save_checkpoint(model, out_dir, config: dict | None = None) -> Path:
-    """Write model.safetensors and config.json into out_dir (created); returns the folder."""
+def write_checkpoint(folder, model, config: dict, metadata: dict | None = None) -> Path:
+    """The model's weights as model.safetensors (written under a temporary name, then renamed, so an interrupted
+    save leaves the previous file whole) and `config` as config.json, in `folder` (created)."""
     from safetensors.torch import save_file
 
-    out = Path(out_dir)
+    out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = out / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    tmp.replace(out / WEIGHTS)
+    (out / CONFIG).write_text(json.dumps(config, indent=2, default=str) + "\n")
+    return out
+
+
+def save_checkpoint(model, out_dir, config: dict | None = None) -> Path:
+    """Write model.safetensors and config.json into out_dir (created); returns the folder."""
     cfg = dict(config or {})
     cfg.update(kind=SPEAKER if model.arch == "resemblyzer-speaker" else CLASSIFIER, arch=model.arch, num_classes=model.num_classes, sample_rate=model.sample_rate,
                input_length=model.input_length, hparams=dict(model.hparams))
     cfg.setdefault("classes", [str(i) for i in range(model.num_classes)])
     if len(cfg["classes"]) != model.num_classes:
         raise ValueError(f"save_checkpoint: {len(cfg['classes'])} class names for {model.num_classes} outputs")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = out / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"arch": model.arch})
-    tmp.replace(out / WEIGHTS)
-    (out / CONFIG).write_text(json.dumps(cfg, indent=2, default=str) + "\n")
-    return out
+    return write_checkpoint(out_dir, model, cfg, metadata={"arch": model.arch})
 
 
 def _read_json(cfg_path: Path, what: str):
