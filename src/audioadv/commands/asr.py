@@ -70,8 +70,8 @@ def register(sub) -> None:
     p.add_argument("--av", action="store_true",
                    help="train the audio-visual recogniser models.av.AVRecognizer (fit_av_recognizer, default data "
                         "synth-av-phrases); prints and saves its test CER, clean and at 0 dB SNR")
-    p.add_argument("--modalities", default="audio,video",
-                   help="with --av: the branches the recogniser uses: audio, video or audio,video")
+    p.add_argument("--modalities",
+                   help="with --av: the branches the recogniser uses: audio, video or audio,video (default: both)")
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("eval-asr", help="character / word error rate of a speech recogniser checkpoint")
@@ -139,6 +139,8 @@ def run_train(args) -> int:
     torch.set_num_threads(args.threads)
     if args.av:
         return run_train_av(args)
+    if args.modalities is not None:
+        raise ValueError("train-asr --modalities: only with --av (the audio-visual recogniser)")
     train_kw = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
     model_kw = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
     if args.device is not None:
@@ -201,7 +203,9 @@ def run_train_av(args) -> int:
         fit_kw["device"] = resolve_device(args.device)
     model_kw = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
     torch.manual_seed(fit_kw.get("seed", library_default(fit_av_recognizer, "seed")))
-    model = AVRecognizer(modalities=args.modalities, **model_kw)
+    if args.modalities is not None:
+        model_kw["modalities"] = args.modalities
+    model = AVRecognizer(**model_kw)
     t0 = time.time()
     fit = fit_av_recognizer(model, train, val, **fit_kw)
     summary = {"val_cer": fit["best_val_cer"], "test_cer": cer_av(model, test), "test_cer_0db": cer_av(model, test, snr_db=0.0),
@@ -244,6 +248,8 @@ def run_eval(args) -> int:
     model, cfg = load_recognizer_checkpoint(args.checkpoint)
     model = model.to(resolve_device(args.device))
     if cfg["kind"] == "av-recognizer":
+        if args.beam is not None:
+            raise ValueError("eval-asr --beam: audio-visual recognisers decode greedily")
         return run_eval_av(args, model)
     if args.snr:
         raise ValueError("eval-asr --snr: only for audio-visual recognisers")
