@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bases", nargs="+", default=list(BASES), choices=BASES)
-    ap.add_argument("--sparsities", type=float, nargs="+", default=[1.0, 0.3])
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[1.0, 0.1, 0.3, 0.5])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "runs" / "msae-asr"))
     args = ap.parse_args(argv)
