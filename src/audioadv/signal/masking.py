@@ -228,7 +228,7 @@ class _LeadingSums(torch.autograd.Function):
 
 class _PowerSpectrum(torch.autograd.Function):
     """|STFT|^2 (center=False, one-sided), (B, n_fft // 2 + 1, frames), with a hand-written backward: autograd's
-    goes through a full-length complex FFT and a generic strided scatter, three times the cost of this one.
+    goes through a full-length complex FFT and a generic strided scatter, several times the cost of this one.
     Backward: d|s_k|^2 = 2 Re(conj(s_k) ds_k), and the adjoint of rfft is n * irfft with the bins other than
     0 and n/2 halved; the frames' gradients, windowed, are overlap-added."""
 
@@ -244,7 +244,7 @@ class _PowerSpectrum(torch.autograd.Function):
         s, window = ctx.saved_tensors
         n, k = window.shape[0], s.shape[-1]
         weight = torch.full((k,), 2.0 * n, dtype=g.dtype, device=g.device)
-        weight[1:k - 1 if n % 2 == 0 else k] = n             # 2 (from |s|^2) x n, halved off the two real bins
+        weight[1:k - 1 if n % 2 == 0 else k] = n   # 2 (from |s|^2) x n, halved where irfft counts a bin twice
         frames = torch.fft.irfft(s * (g.transpose(1, 2) * weight), n=n, dim=-1).mul_(window)
         return _overlap_add(frames, ctx.length, ctx.hop), None, None
 
