@@ -35,7 +35,10 @@ Timing: one CPU thread; the reference and each method run back to back in `--rep
 overhead is the median over rounds of the ratio within a round (load from other processes that changes
 between rounds hits both sides of a ratio alike), the times per iteration are the fastest rounds'. `--clock cpu` times this process's CPU time
 instead of the wall clock: on a machine shared with other jobs, waiting for a core then does not count. The table ends with
-`max overhead: attacks A, certification C`. `--sweep` adds throughput (examples/s for N iterations)
+`max overhead: attacks A, certification C`. The process keeps freed memory (`audioadv.allocator.keep_freed_memory`,
+as the `audioadv` command does): otherwise glibc's thresholds, which move with everything the process allocated
+before, decide whether a large tensor comes as fresh zero-filled pages, and the ratios change with the order of the
+rows; `--malloc default` measures with glibc's defaults. `--sweep` adds throughput (examples/s for N iterations)
 of pgd and cw_ctc against batch size and utterance length.
 """
 from __future__ import annotations
@@ -54,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from audioadv import attacks, models  # noqa: E402
+from audioadv.allocator import keep_freed_memory  # noqa: E402
 from bench_store import record  # noqa: E402
 from audioadv.attacks import universal  # noqa: E402
 from audioadv.certify import Smooth  # noqa: E402
@@ -344,6 +348,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, help="timed runs of each method and of its reference (default: 3 with --quick, else 5)")
     ap.add_argument("--clock", choices=sorted(CLOCK), default="wall",
                     help="wall time, or this process's CPU time (steadier on a machine shared with other jobs)")
+    ap.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                    help="keep freed memory in the process, as the audioadv command does, or glibc's defaults")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "overhead.json"))
     ap.add_argument("--store", default=str(ROOT / "runs" / "overhead"),
                     help="run folder whose results store receives the rows (`audioadv table` prints them)")
@@ -359,13 +365,15 @@ def main(argv=None) -> int:
     args.sweep_batches = (1, 4, 16) if q else (1, 4, 16, 64)
     args.sweep_lengths = (8000, 32000) if q else (8000, 32000, 96000)
     repeats = args.repeats or (3 if q else 5)
+    if args.malloc == "keep":
+        keep_freed_memory()
     global clock
     clock = CLOCK[args.clock]
     torch.set_num_threads(args.threads)
 
     rows = (classifier_rows(args, repeats) + av_rows(args, repeats) + asr_rows(args, repeats)
             + certify_rows(args, repeats))
-    settings = {"quick": q, "clock": args.clock, "threads": args.threads, "repeats": repeats,
+    settings = {"quick": q, "clock": args.clock, "threads": args.threads, "repeats": repeats, "malloc": args.malloc,
                 "classifier": args.classifier}
     for r in rows:
         r["family"] = r["kind"]

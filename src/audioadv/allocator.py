@@ -6,7 +6,9 @@ its mmap threshold (dynamic, at most 32 MB) with fresh mappings and hands freed 
 heap back to the kernel past its trim threshold, so each step's tensors arrive as new zero-filled pages:
 system time that grows with the batch (`benchmarks/malloc_faults.py` measures it). `keep_freed_memory`
 raises both thresholds, so freed blocks are reused; the process keeps its peak memory instead of
-returning it. The `audioadv` command and Ray workers call it; call it in your own scripts the same way.
+returning it. Single tensors of tens of MB and more are not always kept in the heap (glibc may still map
+them when the heap cannot grow in place), so the gain is largest for the many medium-sized tensors of
+attacks and certification. The `audioadv` command and Ray workers call it; call it in your own scripts the same way.
 A no-op (False) where the C library is not glibc.
 """
 from __future__ import annotations
