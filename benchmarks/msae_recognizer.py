@@ -31,7 +31,7 @@ from audioadv.attacks.msae_baselines import summarise  # noqa: E402
 from audioadv.data import load_dataset  # noqa: E402
 from audioadv.metrics.text import cer  # noqa: E402
 from audioadv.models import load  # noqa: E402
-from audioadv.models.asr import greedy_decode  # noqa: E402
+from audioadv.models.av import transcribe_av  # noqa: E402
 from bench_store import record  # noqa: E402
 
 BASES = ("cw", "ipc", "imperceptible")
@@ -42,12 +42,6 @@ TABLE = {"title": "MSAE on the audio-visual recogniser: targeted phrases, each a
          "note": "sparsity 1: the dense baseline (the same step budget); others: MSAE's masks, that fraction of "
                  "positions per modality. cer_target: CER of the decoded text to the target (all clips); SNR, PSNR, "
                  "frames touched and l2: means over the successful clips; seconds: wall time per clip, one thread."}
-
-
-def decode(model, inputs, lengths) -> list[str]:
-    with torch.no_grad():
-        logp, frames = model.frame_logits(inputs, lengths)
-    return [model.decode_labels(s) for s in greedy_decode(logp, frames, model.blank)]
 
 
 def main(argv=None) -> int:
@@ -70,7 +64,7 @@ def main(argv=None) -> int:
     lens = torch.tensor([int(it.get("num_samples", test.input_length)) for it in test.items])
     refs = [model.normalize_text(it["text"]) for it in test.items]
     everything = {"audio": test.waves, "video": test.video}
-    right = [i for i, h in enumerate(decode(model, everything, lens)) if h == refs[i]][:args.n]
+    right = [i for i, h in enumerate(transcribe_av(model, everything, lens)) if h == refs[i]][:args.n]
     rng = random.Random(args.seed)
     targets = [rng.choice([t for t in sorted(set(refs)) if t != refs[i] and len(t) <= len(refs[i])]) for i in right]
     idx = torch.tensor(right)
@@ -89,7 +83,7 @@ def main(argv=None) -> int:
             adv, recs = msae(model, x, targets, base={"audio": base, "video": "cw"}, lengths=lengths,
                              sparsity={"audio": sp, "video": sp})
             secs = (time.perf_counter() - t0) / len(right)
-            hyps = decode(model, adv, lengths)
+            hyps = transcribe_av(model, adv, lengths)
             row = {**summarise("msae", sp, recs), **setting, "base": base, "seconds": secs,
                    "cer_target": sum(cer([t], [h]) for t, h in zip(targets, hyps)) / len(hyps)}
             rows.append(row)
