@@ -31,6 +31,12 @@ TRAIN_OPTIONS = ("epochs", "max_steps", "stop_epoch", "lr", "batch_seconds", "ev
 MODEL_OPTIONS = ("hidden", "layers", "channels", "n_mels", "feature_norm")
 
 
+def resolve_device(name: str):
+    """`auto` -> cuda when available, else cpu; a cuda device asked for but absent is an error (ValueError)."""
+    from ..experiments.jobs import resolve_device as resolve
+    return resolve(name)
+
+
 def library_default(fn, name: str):
     return inspect.signature(fn).parameters[name].default
 
@@ -87,20 +93,6 @@ def register(sub) -> None:
                    help="audio-visual recognisers: also the CER with white noise at this SNR added to the audio "
                         "(repeatable)")
     e.set_defaults(func=run_eval)
-
-
-def resolve_device(name: str):
-    """`auto` -> cuda when available, else cpu; a cuda device asked for but absent is an error."""
-    import torch
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise SystemExit(f"--device: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: torch sees no CUDA device here (use cpu or auto)")
-    return dev
 
 
 def subset_error_rates(items: list[dict], refs: list[str], hyps: list[str]) -> dict:

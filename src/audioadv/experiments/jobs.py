@@ -51,7 +51,10 @@ def resolve_device(device=None) -> torch.device:
     """"auto" or None: the first GPU when torch sees one, else the CPU; otherwise the named torch device."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:                  # torch's error for an unknown device name
+        raise ValueError(f"device {device!r}: {exc}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: torch sees no CUDA device on this machine")
     return dev

@@ -42,7 +42,7 @@ def run(path, out=None, *, quiet: bool = False, log=print, ray: str | None = Non
     check_targets(exp)
     try:
         J.resolve_device(device)
-    except (ValueError, RuntimeError) as exc:    # torch.device raises RuntimeError for an unknown name
+    except ValueError as exc:
         raise S.SpecError(f"--device {device}: {exc}") from None
     if only:
         exp.jobs = [j for j in exp.jobs if only in j.name]
