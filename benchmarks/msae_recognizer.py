@@ -31,7 +31,7 @@ from audioadv.attacks.msae_baselines import summarise  # noqa: E402
 from audioadv.data import load_dataset  # noqa: E402
 from audioadv.metrics.text import cer  # noqa: E402
 from audioadv.models import load  # noqa: E402
-from audioadv.models.av import transcribe_av  # noqa: E402
+from audioadv.models.asr import transcribe  # noqa: E402
 from bench_store import record  # noqa: E402
 
 BASES = ("cw", "ipc", "imperceptible")
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     lens = torch.tensor([int(it.get("num_samples", test.input_length)) for it in test.items])
     refs = [model.normalize_text(it["text"]) for it in test.items]
     everything = {"audio": test.waves, "video": test.video}
-    right = [i for i, h in enumerate(transcribe_av(model, everything, lens)) if h == refs[i]][:args.n]
+    right = [i for i, h in enumerate(transcribe(model, everything, lens)) if h == refs[i]][:args.n]
     rng = random.Random(args.seed)
     targets = [rng.choice([t for t in sorted(set(refs)) if t != refs[i] and len(t) <= len(refs[i])]) for i in right]
     idx = torch.tensor(right)
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
             adv, recs = msae(model, x, targets, base={"audio": base, "video": "cw"}, lengths=lengths,
                              sparsity={"audio": sp, "video": sp})
             secs = (time.perf_counter() - t0) / len(right)
-            hyps = transcribe_av(model, adv, lengths)
+            hyps = transcribe(model, adv, lengths)
             row = {**summarise("msae", sp, recs), **setting, "base": base, "seconds": secs,
                    "cer_target": sum(cer([t], [h]) for t, h in zip(targets, hyps)) / len(hyps)}
             rows.append(row)

@@ -174,16 +174,21 @@ def beam_search_decode(logits: torch.Tensor, frame_lengths: torch.Tensor | None 
 
 
 @torch.no_grad()
-def transcribe(model: Recognizer, wav: torch.Tensor, lengths=None, *, beam_width: int = 0,
+def transcribe(model: Recognizer, wav, lengths=None, *, beam_width: int = 0,
                batch_size: int = 32) -> list[str]:
-    """Transcripts of a (B, T) batch; greedy decoding unless beam_width > 1."""
-    if wav.dim() == 1:
+    """Transcripts of a (B, T) batch, or of a dict of audio-visual inputs (lengths: of the audio), on the
+    model's device; greedy decoding unless beam_width > 1."""
+    inputs = wav if isinstance(wav, dict) else None
+    if inputs is None and wav.dim() == 1:
         wav = wav.unsqueeze(0)
-    lengths = _lengths(wav, lengths)
+    audio = wav if inputs is None else inputs["audio"]
+    lengths = _lengths(audio, lengths)
     dev = next(model.parameters()).device
     out: list[str] = []
-    for i in range(0, wav.shape[0], batch_size):
-        logits, frames = model.frame_logits(wav[i:i + batch_size].to(dev), lengths[i:i + batch_size].to(dev))
+    for i in range(0, audio.shape[0], batch_size):
+        rows = slice(i, i + batch_size)
+        part = audio[rows].to(dev) if inputs is None else {k: v[rows].to(dev) for k, v in inputs.items()}
+        logits, frames = model.frame_logits(part, lengths[rows].to(dev))
         if beam_width > 1:
             labels = beam_search_decode(logits, frames, model.blank, beam_width)
         else:

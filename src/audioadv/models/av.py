@@ -340,6 +340,7 @@ def cer_av(model: AVRecognizer, ds, *, snr_db: float | None = None, seed: int = 
     """Character error rate (greedy decoding) of an AV recogniser on an `AVDataset` with
     transcripts, optionally with white noise at `snr_db` added to the audio (seeded)."""
     from ..metrics.text import cer
+    from .asr import transcribe
 
     was = model.training
     model.eval()
@@ -352,19 +353,10 @@ def cer_av(model: AVRecognizer, ds, *, snr_db: float | None = None, seed: int = 
         audio = ds.waves[idx, :n]
         if snr_db is not None:
             audio = _noisy(audio, lens[idx], g, snr_db)
-        hyps += transcribe_av(model, {"audio": audio, "video": ds.video[idx]}, lens[idx])
+        hyps += transcribe(model, {"audio": audio, "video": ds.video[idx]}, lens[idx], batch_size=batch_size)
     model.train(was)
     refs = [model.normalize_text(it["text"]) for it in ds.items]
     return cer(refs, hyps)
-
-
-@torch.no_grad()
-def transcribe_av(model: AVRecognizer, inputs: dict, lengths: torch.Tensor) -> list[str]:
-    """Greedy transcripts of a batch of audio-visual inputs (moved to the model's device)."""
-    from .asr import greedy_decode
-    dev = next(model.parameters()).device
-    logp, frames = model.frame_logits({k: v.to(dev) for k, v in inputs.items()}, lengths.to(dev))
-    return [model.decode_labels(s) for s in greedy_decode(logp, frames, model.blank)]
 
 
 def save_av_recognizer(model: AVRecognizer, folder, extra: dict | None = None):
@@ -389,5 +381,5 @@ def load_av_recognizer(folder, *, frozen: bool = False) -> AVRecognizer:
     return model.eval().requires_grad_(not frozen)
 
 
-__all__ = ["AVClassifier", "AVRecognizer", "save_av_recognizer", "load_av_recognizer", "transcribe_av", "VideoEncoder", "fit_av", "accuracy", "pack", "MODALITIES",
+__all__ = ["AVClassifier", "AVRecognizer", "save_av_recognizer", "load_av_recognizer", "VideoEncoder", "fit_av", "accuracy", "pack", "MODALITIES",
            "fit_av_recognizer", "cer_av"]
